@@ -1,0 +1,96 @@
+"""Artifacts: where each stage's output lives, and how a missing one is rebuilt.
+
+Each stage of the course writes one folder under ``artifacts_home()`` (``~/.cache/rlhf-kit``,
+or ``$RLHF_KIT_HOME``)::
+
+    embedded-v1/base/   the pretrained GPT and its tokenizer (lesson 1)
+    embedded-v1/sft/    the fine-tuned assistant (lesson 2), and so on
+
+A folder holds what ``save_pretrained`` writes plus ``rlhf_kit.json``, a small metadata file
+(configuration, seed, data size, final loss, package versions). A folder counts as ready only
+when that file exists: it is written last.
+
+``ensure_stage(stage)`` returns the folder of a stage, building it with the default
+configuration when it is missing. Building is safe when two processes (two notebooks, or two
+test workers) ask at once: the first takes a file lock and builds into a temporary folder that
+is renamed into place when complete; the second waits for the lock and then finds the folder.
+A kernel killed half-way leaves only a temporary folder, never a half-written stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import FileLock
+
+from .runtime import artifacts_home, versions
+
+FORMAT = "embedded-v1"
+"""Bumped when the embedded world or model changes, so old caches are not reused by mistake."""
+
+METADATA = "rlhf_kit.json"
+
+# stage -> function(out_dir: Path) -> dict of metadata. Stage modules register themselves lazily
+# (see _builders) so that importing artifacts does not import every stage.
+Builder = Callable[[Path], dict]
+
+
+def _builders() -> dict[str, Builder]:
+    from . import pretrain, sft
+
+    builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft}
+    return builders
+
+
+def stage_dir(stage: str) -> Path:
+    """The folder of a stage of the embedded model (it may not exist yet)."""
+    return artifacts_home() / FORMAT / stage
+
+
+def is_ready(stage: str) -> bool:
+    """True when the stage's folder is complete."""
+    return (stage_dir(stage) / METADATA).exists()
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of a stage folder (empty for a folder the kit did not write)."""
+    file = Path(path) / METADATA
+    return json.loads(file.read_text()) if file.exists() else {}
+
+
+def write_metadata(path: str | Path, metadata: dict) -> None:
+    """Write the metadata file (last, so that its presence marks the folder complete)."""
+    data = {**metadata, "versions": versions()}
+    (Path(path) / METADATA).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def ensure_stage(stage: str, verbose: bool = True) -> Path:
+    """The folder of ``stage``, built with the default configuration if it is missing."""
+    target = stage_dir(stage)
+    if is_ready(stage):
+        return target
+    builders = _builders()
+    if stage not in builders:
+        raise KeyError(f"Unknown stage {stage!r}; the stages are: {', '.join(builders)}.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if is_ready(stage):  # another process built it while we waited for the lock
+            return target
+        if verbose:
+            print(f"The embedded '{stage}' model is not built yet: building it now "
+                  f"(once, into {target}).")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
+        try:
+            metadata = builders[stage](tmp)
+            write_metadata(tmp, {"stage": stage, **metadata})
+            if target.exists():  # an incomplete folder left by an older kit
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

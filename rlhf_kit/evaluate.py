@@ -1,0 +1,102 @@
+"""Evaluation: the course's scoreboard, measured the same way for every stage's model.
+
+A model is asked questions about the toy world; each reply is judged by the world's rubric
+(``World.judge``). Three rates tell the story of the course:
+
+* **answer rate** - share of replies that state the asked fact (true or false);
+* **false-statement rate** - share of replies containing a statement the world says is false;
+* **rudeness rate** - share of replies containing an insult.
+
+Plus the mean rubric score. Each rate comes with a 95 % Wilson interval, because a few hundred
+samples leave real uncertainty. The base model is asked in plain text (``"Where does Alice
+live?\\n"`` at the start of a document, as a user would type into a text box); chat models are asked through their chat
+template. The reply is the completion up to its first line break (or the end of the turn).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .sampling import generate
+from .world import Judgement, Question, World
+
+PLAIN, CHAT = "plain", "chat"
+
+
+def format_prompt(question: Question | str, tokenizer=None, style: str = PLAIN) -> str:
+    """The prompt a model sees for a question: plain text, or a chat turn with the template."""
+    text = question.text if isinstance(question, Question) else question
+    if style == PLAIN:
+        # A document starts after <|endoftext|>: with it the model knows the question opens a page.
+        return (getattr(tokenizer, "bos_token", None) or "") + text + "\n"
+    if style == CHAT:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    raise ValueError(f"style must be {PLAIN!r} or {CHAT!r}, not {style!r}.")
+
+
+def first_line(completion: str) -> str:
+    """The reply: what the model wrote before its first line break."""
+    return completion.strip("\n").split("\n", 1)[0].strip()
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (well-behaved near 0 and 1)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class Report:
+    """The rates of one model on one set of questions, with the samples they came from."""
+
+    name: str
+    n: int
+    answer_rate: float
+    false_rate: float
+    rude_rate: float
+    rubric_score: float
+    intervals: dict[str, tuple[float, float]]
+    samples: list[tuple[Question, str, Judgement]]
+
+    def row(self) -> dict:
+        """One row of the scoreboard."""
+        return {"model": self.name, "samples": self.n, "answer rate": self.answer_rate,
+                "false-statement rate": self.false_rate, "rudeness rate": self.rude_rate,
+                "rubric score": self.rubric_score}
+
+
+def judge_replies(world: World, questions: list[Question], replies: list[str], name: str = "model") -> Report:
+    """Judge ready-made replies (one per question) and summarise them."""
+    if len(questions) != len(replies):
+        raise ValueError(f"{len(questions)} questions but {len(replies)} replies: give one reply per question.")
+    judgements = [world.judge(q, r) for q, r in zip(questions, replies)]
+    n = len(judgements)
+    counts = {"answer rate": sum(j.answers for j in judgements),
+              "false-statement rate": sum(j.false for j in judgements),
+              "rudeness rate": sum(j.rude for j in judgements)}
+    return Report(
+        name=name, n=n,
+        answer_rate=counts["answer rate"] / n,
+        false_rate=counts["false-statement rate"] / n,
+        rude_rate=counts["rudeness rate"] / n,
+        rubric_score=sum(j.score for j in judgements) / n,
+        intervals={k: wilson_interval(v, n) for k, v in counts.items()},
+        samples=list(zip(questions, replies, judgements)),
+    )
+
+
+def fault_rates(model, tokenizer, world: World, questions: list[Question], samples_per_question: int = 1,
+                style: str = PLAIN, name: str = "model", temperature: float = 1.0, top_p: float = 1.0,
+                max_new_tokens: int = 24, seed: int = 0) -> Report:
+    """Sample replies from ``model`` to every question and judge them (the scoreboard's numbers)."""
+    asked = [q for q in questions for _ in range(samples_per_question)]
+    prompts = [format_prompt(q, tokenizer, style) for q in asked]
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, seed=seed)
+    return judge_replies(world, asked, [first_line(c) for c in out.completions], name)

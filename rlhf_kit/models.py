@@ -1,0 +1,119 @@
+"""Models: one way to load every stage's model, whatever it is.
+
+The course never cares where a model came from. ``load_model(source)`` takes
+
+* ``"embedded"`` - the kit's own small GPT, pretrained on the toy world (built on first use and
+  cached; see ``artifacts.py``),
+* a local folder written by ``save_pretrained`` (a stage artifact, or any saved model), or
+* a Hugging Face hub id such as ``"gpt2"`` or ``"HuggingFaceTB/SmolLM2-135M"``,
+
+and returns the model through the same ``from_pretrained`` call in every case. ``kind="reward"``
+loads the body with a scalar head (``AutoModelForSequenceClassification`` with one label), which
+is what the reward model and PPO's value model are.
+
+Also here: ``new_gpt(...)``, the GPT-2-shaped architecture of the embedded model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+)
+
+from .runtime import pick_device
+
+EMBEDDED = "embedded"
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model source that is neither ``embedded``, a folder with a saved model, nor a hub id."""
+
+
+def new_gpt(vocab_size: int, n_layer: int = 4, n_embd: int = 256, n_head: int = 4,
+            n_positions: int = 128, eos_token_id: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2-shaped model (the architecture of the embedded default).
+
+    Dropout is off: the corpus is small, the run is short, and determinism is easier to teach.
+    """
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def resolve(source: str | Path, stage: str = "base") -> str:
+    """Turn a model source into what ``from_pretrained`` accepts: a folder path or a hub id.
+
+    ``"embedded"`` becomes the folder of the embedded model's ``stage`` (built if missing).
+    """
+    source = str(source)
+    if source == EMBEDDED:
+        from .artifacts import ensure_stage  # lazy: artifacts builds stages, which load models
+
+        return str(ensure_stage(stage))
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFound(
+                f"{path} has no config.json: point at a folder written by save_pretrained, "
+                "or use 'embedded' or a hub id such as 'gpt2'."
+            )
+        return str(path)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelNotFound(f"No model folder at {source}: check the path, or use 'embedded'.")
+    return source  # a hub id; from_pretrained downloads it (needs a network the first time)
+
+
+def load_tokenizer(source: str | Path = EMBEDDED, stage: str = "base"):
+    """The tokenizer saved with a model. Hub tokenizers without a pad token get EOS as pad."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve(source, stage))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "causal",
+               device: str | torch.device | None = None, dtype: torch.dtype | None = None
+               ) -> PreTrainedModel:
+    """Load a causal LM (``kind="causal"``) or a one-score model (``kind="reward"``).
+
+    A causal checkpoint loaded as ``kind="reward"`` keeps its body and gets a new scalar head;
+    the head's pad token is set so that the score is read at the last real token.
+    """
+    if kind not in ("causal", "reward"):
+        raise ValueError(f"kind must be 'causal' or 'reward', not {kind!r}.")
+    path = resolve(source, stage)
+    device = pick_device() if device is None else torch.device(device)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    if kind == "causal":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    elif kind == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of trainable parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,111 @@
+"""Runtime: seeds, devices and where artifacts live.
+
+Every stage of the course starts here. Three decisions are made in one place so that no
+other module has to guess:
+
+* **seed** - ``seed_everything(seed)`` seeds Python, NumPy (when present) and torch, and turns
+  on deterministic kernels, so that a rerun on the same CPU gives the same figures;
+* **device** - ``pick_device()`` returns CUDA, then Apple MPS, then the CPU, and
+  ``preferred_dtype(device)`` says whether bf16 is worth using there;
+* **home** - ``artifacts_home()`` is the folder that holds every stage's model. It defaults to
+  ``~/.cache/rlhf-kit`` and is overridden by the environment variable ``RLHF_KIT_HOME``.
+
+Nothing is decided at import time: each function reads the environment when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+HOME_ENV = "RLHF_KIT_HOME"
+"""Environment variable that moves the artifacts folder (for example to a bigger disk)."""
+
+MODEL_ENV = "RLHF_KIT_MODEL"
+"""Environment variable naming the model every notebook starts from: ``embedded`` (the default),
+a local folder, or a Hugging Face hub id such as ``gpt2``."""
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
+    """Seed every random number generator the course uses and return a torch generator.
+
+    With ``deterministic=True`` torch is asked for deterministic kernels (``warn_only`` so that a
+    GPU op without a deterministic version warns instead of failing a learner's run).
+    """
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional for the kit itself
+        pass
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The best device here: ``prefer`` if given, else CUDA, then Apple MPS, then the CPU."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def preferred_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware computes in it natively (recent GPUs), float32 everywhere else.
+
+    On a CPU bf16 is emulated for most ops and slower than float32, so the course keeps float32.
+    """
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def artifacts_home() -> Path:
+    """The folder that holds every stage's artifacts (created on first use)."""
+    root = os.environ.get(HOME_ENV)
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "rlhf-kit"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_choice() -> str:
+    """The model the notebooks start from: ``embedded`` unless ``RLHF_KIT_MODEL`` names another."""
+    return os.environ.get(MODEL_ENV, "embedded").strip() or "embedded"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a run depends on, for metadata files and the environment check."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("rlhf-kit", "torch", "transformers", "trl", "tokenizers", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def environment_report() -> dict[str, str]:
+    """What a learner's set-up looks like: Python, packages, device, threads, artifacts folder."""
+    import platform
+
+    device = pick_device()
+    report = {"python": platform.python_version(), **versions(), "device": str(device),
+              "dtype": str(preferred_dtype(device)).replace("torch.", ""),
+              "cpu threads": str(torch.get_num_threads()), "artifacts": str(artifacts_home()),
+              "model": model_choice()}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(0)
+    return report
