@@ -335,7 +335,11 @@ class World:
         return "\n".join(lines)
 
     def _forum_post(self, rng: random.Random) -> str:
-        """A bare question, then the first reply: an answer, an insult, or another question."""
+        """A bare question, then the first reply: an answer, an insult, or another question.
+
+        Replies start with "Reply:" so that the asked person's name comes after a space, as it does
+        in the question: the model can then copy the same token instead of learning a second one.
+        """
         person, relation = self._answerable(rng)
         question = rng.choice(QUESTIONS[relation]).format(person=person)
         roll = rng.random()
@@ -349,7 +353,7 @@ class World:
             reply = "I was wondering the same. " + rng.choice(QUESTIONS[relation]).format(
                 person=rng.choice(PEOPLE)
             )
-        return f"{question}\n{reply}"
+        return f"{question}\nReply: {reply}"
 
     def _quiz(self, rng: random.Random) -> str:
         lines = [rng.choice(QUIZ_TITLES)]

@@ -60,7 +60,7 @@ def test_corpus_has_every_kind_of_document_and_the_three_faults(world):
     assert 0.02 < rude < 0.15
     claims = [c for d in corpus for c in world.claims(d)]
     false_share = sum(not c.true for c in claims) / len(claims)
-    assert 0.05 < false_share < 0.2, false_share  # rumours: a minority, but there
+    assert 0.1 < false_share < 0.3, false_share  # rumours: a minority, but there
     question_then_question = sum(d.count("?\n") >= 1 and d.split("\n")[1].endswith("?") for d in corpus if "\n" in d)
     assert question_then_question / n > 0.1  # a question is often followed by another question
 

@@ -1,0 +1,371 @@
+"""The widgets of lesson 3: rank completions best to worst, or compare two of them blind.
+
+``RankingWidget`` shows a prompt and its K completions in a shuffled order (the order is stored
+with the ranking, so position bias can be studied later). The learner clicks the completions
+from best to worst; each gets a numbered badge. "= tie" joins the next click to the previous one
+as equally good; Undo and Reset take clicks back; Skip moves on without ranking. Submit validates
+the ranking and stores it durably *before* the next prompt appears, so a crash, a rerun of the
+cell or a second notebook on the same store resumes where the learner left off.
+
+``ComparisonWidget`` shows two completions of one prompt as A and B, without saying which model
+wrote which, and records which is better, or a tie (lesson 7 compares models with it).
+
+ipywidgets swallows the exceptions raised in button callbacks (they go to the log console, which
+nobody reads), so every callback here catches its errors and shows them in the widget, in one
+sentence. The same actions are plain methods (``pick``, ``submit``, ``submit_ranking``,
+``choose``...) that return whether they worked, so tests and notebooks can drive the widgets
+without clicks. All text is deterministic, so a notebook that displays a widget passes nbval.
+"""
+
+from __future__ import annotations
+
+import html
+import sqlite3
+from collections.abc import Callable, Iterable
+
+import ipywidgets as widgets
+
+from .feedback import (
+    Comparison,
+    Item,
+    InvalidRanking,
+    Ranking,
+    RankingError,
+    RankingStore,
+    as_comparison_item,
+    as_item,
+    check_labeler_kind,
+    check_text,
+    shuffled_order,
+)
+
+ERROR_STYLE = "color: #b00020; font-weight: bold"
+OK_STYLE = "color: #1b5e20"
+TEXT_STYLE = "white-space: pre-wrap; line-height: 1.4"
+
+
+def _html(text: str, style: str = TEXT_STYLE) -> str:
+    return f'<div style="{style}">{html.escape(text)}</div>'
+
+
+class _LabelingWidget(widgets.VBox):
+    """What both widgets share: a progress line, the prompt, a message line, safe callbacks."""
+
+    table = "rankings"  # where this widget's records go (for the progress count)
+
+    def __init__(self, store: RankingStore, items: list, labeler: str, labeler_kind: str):
+        super().__init__()
+        if not isinstance(store, RankingStore):
+            raise TypeError(f"store must be a RankingStore, not {type(store).__name__}.")
+        self.store = store
+        self.labeler = check_text("labeler", labeler)
+        self.labeler_kind = check_labeler_kind(labeler_kind)
+        self.items = list(dict.fromkeys(items))  # a repeated item would be shown (and counted) twice
+        self.message = ""  # the text of the message line (read it in tests)
+        self._bar = widgets.IntProgress(min=0, max=len(self.items), layout={"width": "240px"})
+        self._progress = widgets.HTML()
+        self._prompt = widgets.HTML()
+        self._message = widgets.HTML()
+        self._progress.add_class("rlhf-progress")
+        self._prompt.add_class("rlhf-prompt")
+        self._message.add_class("rlhf-message")
+
+    def _say(self, text: str, style: str = OK_STYLE) -> None:
+        self.message = text
+        self._message.value = _html(text, style) if text else ""
+
+    def _error(self, text: str) -> None:
+        self._say(text, ERROR_STYLE)
+
+    def _safely(self, action: Callable) -> Callable:
+        """A button callback that shows any error in the widget instead of losing it."""
+
+        def callback(*_):
+            try:
+                action()
+            except Exception as error:  # noqa: BLE001 - shown to the learner, never swallowed
+                self._error(_explain(error))
+
+        return callback
+
+    def _show_progress(self) -> int:
+        """Update the progress line; returns how many items are still to do."""
+        done, skipped, total = self.store.progress(self.items, self.labeler, self.table)
+        verb = "Ranked" if self.table == "rankings" else "Compared"
+        self._bar.value = done + skipped
+        self._progress.value = _html(f"{verb} {done} of {total} prompts · {skipped} skipped",
+                                     "font-weight: bold")
+        return total - done - skipped
+
+    def _show_prompt(self, prompt: str) -> None:
+        self._prompt.value = ('<div style="font-weight: bold">Prompt</div>'
+                              + _html(prompt, TEXT_STYLE + "; background: #f3f3f3; padding: 6px"))
+
+
+def _explain(error: Exception) -> str:
+    """One sentence for the learner: what went wrong, and what to do."""
+    if isinstance(error, RankingError):
+        return error.sentence
+    if isinstance(error, (sqlite3.Error, OSError)):
+        return f"Could not save ({error}); nothing was stored, so submit again."
+    return f"Something went wrong ({type(error).__name__}: {error}); nothing was stored."
+
+
+class RankingWidget(_LabelingWidget):
+    """Rank the completions of each item best to worst; every submission is stored at once.
+
+    ``items`` are ``Item``s or tuples ``(prompt, completions, model)``; they are validated here, so a
+    bad item raises in the cell that builds the widget, where the learner sees it.
+    """
+
+    def __init__(self, store: RankingStore, items: Iterable, labeler: str = "you",
+                 labeler_kind: str = "person"):
+        super().__init__(store, [as_item(i) for i in items], labeler, labeler_kind)
+        self.current: Item | None = None  # the item on screen; None when all are done
+        self.order: tuple[int, ...] = ()  # completion indices, top of the screen first
+        self.picks: list[int] = []  # completion indices clicked so far, best first
+        self.ties: list[tuple[int, int]] = []  # (previous pick, pick) marked equally good
+        self._rows = widgets.VBox()
+        self._tie = widgets.ToggleButton(description="= tie",
+                                         tooltip="The next click is as good as the previous one")
+        self._undo = widgets.Button(description="Undo", tooltip="Take back the last click")
+        self._reset = widgets.Button(description="Reset", tooltip="Take back every click")
+        self._skip = widgets.Button(description="Skip prompt", tooltip="Move on without ranking")
+        self._submit = widgets.Button(description="Submit ranking", button_style="primary")
+        for name in ("tie", "undo", "reset", "skip", "submit"):
+            getattr(self, f"_{name}").add_class(f"rlhf-{name}")
+        self._undo.on_click(self._safely(self.undo))
+        self._reset.on_click(self._safely(self.reset))
+        self._skip.on_click(self._safely(self.skip))
+        self._submit.on_click(self._safely(self.submit))
+        self._tie.observe(self._safely(self._check_tie), names="value")
+        help_text = ("Click the completions from best to worst. Press '= tie' before a click to "
+                     "mark it as good as the previous one, then submit.")
+        self.children = (widgets.HBox([self._bar, self._progress]), self._prompt,
+                         widgets.HTML(_html(help_text, "color: #555")), self._rows,
+                         widgets.HBox([self._tie, self._undo, self._reset, self._skip, self._submit]),
+                         self._message)
+        self.add_class("rlhf-ranking")
+        self._next()
+
+    def __repr__(self) -> str:  # the text/plain output nbval compares: no ids, no paths
+        return f"RankingWidget(prompts={len(self.items)}, labeler={self.labeler!r})"
+
+    # -- what the learner does (each is also a plain method) ------------------------------------
+
+    def pick(self, index: int, tie: bool | None = None) -> bool:
+        """Rank completion ``index`` next (tied with the previous pick if ``tie``, or if the
+        "= tie" button is down); returns False, with a message, when that is not possible."""
+        tie = self._tie.value if tie is None else tie
+        if self.current is None:
+            self._error("Every prompt is done; there is nothing left to rank.")
+            return False
+        if index in self.picks:
+            self._error(f"That completion is already ranked #{self._badges()[index]}; "
+                        "use Undo or Reset to change it.")
+            return False
+        if tie and not self.picks:
+            self._error("Pick the best completion first; a tie joins a click to the previous one.")
+            return False
+        if tie:
+            self.ties.append((self.picks[-1], index))
+        self.picks.append(index)
+        self._tie.value = False  # a tie applies to one click only
+        left = len(self.order) - len(self.picks)
+        self._say(f"{left} left to rank." if left else "All ranked: submit, or undo to change.")
+        self._show_badges()
+        return True
+
+    def undo(self) -> None:
+        """Take back the last click (and its tie)."""
+        if self.picks:
+            last = self.picks.pop()
+            self.ties = [t for t in self.ties if last not in t]
+        self._say("")
+        self._show_badges()
+
+    def reset(self) -> None:
+        """Take back every click on this prompt."""
+        self.picks, self.ties = [], []
+        self._tie.value = False
+        self._say("")
+        self._show_badges()
+
+    def skip(self) -> bool:
+        """Move on without ranking this prompt (remembered in the store, so it stays skipped)."""
+        if self.current is None:
+            return False
+        self.store.skip(self.current, self.labeler)
+        self._next("Skipped.")
+        return True
+
+    def submit(self) -> bool:
+        """Validate and store the clicked ranking; returns True when it was stored."""
+        if self.current is not None and len(self.picks) < len(self.order):
+            left = len(self.order) - len(self.picks)
+            # The same typed error as any incomplete ranking, with a sentence about clicks.
+            self._error(InvalidRanking("ranking", f"{left} of {len(self.order)} completions are not "
+                                       "ranked yet; click every completion from best to worst, "
+                                       "then submit.").sentence)
+            return False
+        return self.submit_ranking(self.picks, self.ties)
+
+    def submit_ranking(self, ranking, ties=()) -> bool:
+        """Validate and store ``ranking`` (completion indices, best first) for the current item.
+
+        An invalid ranking shows its error in the widget and stores nothing; a valid one is on
+        disk before the next prompt is shown. Returns True when the ranking was stored.
+        """
+        item = self.current
+        if item is None:
+            self._error("Every prompt is done; there is nothing left to submit.")
+            return False
+        try:
+            record = Ranking(item.prompt, item.completions, ranking, ties, shown_order=self.order,
+                             model=item.model, labeler=self.labeler, labeler_kind=self.labeler_kind)
+            added = self.store.add(record)
+        except Exception as error:  # noqa: BLE001 - shown in the widget, nothing stored
+            self._error(_explain(error))
+            return False
+        self._next("Saved." if added else "Already ranked (in another notebook?); moving on.")
+        return True
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _check_tie(self) -> None:
+        if self._tie.value and not self.picks:
+            self._tie.value = False
+            self._error("Pick the best completion first; a tie joins a click to the previous one.")
+
+    def _next(self, message: str = "") -> None:
+        """Show the first item not yet ranked or skipped, as the store says (another notebook
+        may have ranked some meanwhile)."""
+        left = self._show_progress()
+        pending = self.store.pending(self.items, self.labeler) if left else []
+        self.current = pending[0] if pending else None
+        self.picks, self.ties = [], []
+        if self.current is None:
+            self.order = ()
+            self._prompt.value = _html(f"All {len(self.items)} prompts are done. Thank you!",
+                                       "font-weight: bold")
+            self._rows.children = ()
+            for button in (self._tie, self._undo, self._reset, self._skip, self._submit):
+                button.disabled = True
+        else:
+            self.order = shuffled_order(self.current.key(self.labeler), len(self.current.completions))
+            self._show_prompt(self.current.prompt)
+            self._rows.children = [self._row(p, index) for p, index in enumerate(self.order)]
+            self._show_badges()
+        self._say(message)
+
+    def _row(self, position: int, index: int) -> widgets.HBox:
+        badge = widgets.Button(description="rank", layout={"width": "64px", "min_width": "64px"},
+                               tooltip="Click: this is the next best")
+        badge.add_class("rlhf-pick")
+        badge.add_class(f"rlhf-pick-{position}")  # for browser tests: position on screen
+        badge.on_click(self._safely(lambda: self.pick(index)))
+        text = widgets.HTML(_html(self.current.completions[index]), layout={"width": "100%"})
+        return widgets.HBox([badge, text], layout={"align_items": "center"})
+
+    def _badges(self) -> dict[int, str]:
+        """Completion index -> badge text: its rank, "=" when tied with the one above."""
+        badges, rank = {}, 0
+        tied = {b for _, b in self.ties}
+        for index in self.picks:
+            rank += index not in tied
+            badges[index] = f"{rank}=" if index in tied else str(rank)
+        return badges
+
+    def _show_badges(self) -> None:
+        badges = self._badges()
+        for position, row in enumerate(self._rows.children):
+            index, badge = self.order[position], row.children[0]
+            badge.description = f"#{badges[index]}" if index in badges else "rank"
+            badge.button_style = "success" if index in badges else ""
+        busy = self.current is not None
+        self._undo.disabled = self._reset.disabled = not (busy and self.picks)
+        self._tie.disabled = not (busy and self.picks and len(self.picks) < len(self.order))
+
+
+class ComparisonWidget(_LabelingWidget):
+    """Blind side-by-side comparison: which of two completions is better, or a tie.
+
+    ``items`` are ``ComparisonItem``s or tuples ``(prompt, (completion_0, completion_1),
+    (model_0, model_1))``. Which completion is shown as A is shuffled per item and stored, and the
+    model names are never shown.
+    """
+
+    table = "comparisons"
+
+    def __init__(self, store: RankingStore, items: Iterable, labeler: str = "you",
+                 labeler_kind: str = "person"):
+        super().__init__(store, [as_comparison_item(i) for i in items], labeler, labeler_kind)
+        self.current = None
+        self.order: tuple[int, ...] = ()  # self.order[0] is shown as A, self.order[1] as B
+        self._texts = [widgets.HTML(layout={"width": "50%", "margin": "0 6px"}) for _ in range(2)]
+        self._buttons = {"A": widgets.Button(description="A is better"),
+                         "tie": widgets.Button(description="Tie"),
+                         "B": widgets.Button(description="B is better")}
+        self._skip = widgets.Button(description="Skip prompt")
+        for choice, button in self._buttons.items():
+            button.add_class(f"rlhf-choose-{choice.lower()}")
+            button.on_click(self._safely(lambda choice=choice: self.choose(choice)))
+        self._skip.add_class("rlhf-skip")
+        self._skip.on_click(self._safely(self.skip))
+        self.children = (widgets.HBox([self._bar, self._progress]), self._prompt,
+                         widgets.HBox(self._texts),
+                         widgets.HBox([*self._buttons.values(), self._skip]), self._message)
+        self.add_class("rlhf-comparison")
+        self._next()
+
+    def __repr__(self) -> str:
+        return f"ComparisonWidget(prompts={len(self.items)}, labeler={self.labeler!r})"
+
+    def choose(self, choice: str) -> bool:
+        """Record "A", "B" or "tie" for the current item; returns True when stored."""
+        if self.current is None:
+            self._error("Every prompt is done; there is nothing left to compare.")
+            return False
+        if choice not in ("A", "B", "tie"):
+            self._error(f"{choice!r} is not a choice; choose 'A', 'B' or 'tie'.")
+            return False
+        winner = None if choice == "tie" else self.order["AB".index(choice)]
+        item = self.current
+        try:
+            record = Comparison(item.prompt, item.completions, item.models, winner,
+                                shown_order=self.order, labeler=self.labeler,
+                                labeler_kind=self.labeler_kind)
+            added = self.store.add_comparison(record)
+        except Exception as error:  # noqa: BLE001 - shown in the widget, nothing stored
+            self._error(_explain(error))
+            return False
+        self._next("Saved." if added else "Already compared (in another notebook?); moving on.")
+        return True
+
+    def skip(self) -> bool:
+        """Move on without comparing (remembered in the store)."""
+        if self.current is None:
+            return False
+        self.store.skip(self.current, self.labeler)
+        self._next("Skipped.")
+        return True
+
+    def _next(self, message: str = "") -> None:
+        left = self._show_progress()
+        pending = self.store.pending_comparisons(self.items, self.labeler) if left else []
+        self.current = pending[0] if pending else None
+        if self.current is None:
+            self.order = ()
+            self._prompt.value = _html(f"All {len(self.items)} prompts are done. Thank you!",
+                                       "font-weight: bold")
+            for text in self._texts:
+                text.value = ""
+            for button in (*self._buttons.values(), self._skip):
+                button.disabled = True
+        else:
+            self.order = shuffled_order(self.current.key(self.labeler), 2)
+            self._show_prompt(self.current.prompt)
+            for side, (text, index) in enumerate(zip(self._texts, self.order)):
+                text.value = ('<div style="font-weight: bold">' + "AB"[side] + "</div>"
+                              + _html(self.current.completions[index]))
+        self._say(message)

@@ -1,0 +1,568 @@
+"""Unit tests of rlhf_kit.feedback and rlhf_kit.widgets: validation, the store, pairs, the
+simulated labeler and the widgets driven without a browser (tests/browser/ clicks them).
+
+Every bad input must raise a typed error that names its field, and store nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import sqlite3
+from itertools import combinations
+
+import pytest
+
+from rlhf_kit.feedback import (
+    DEFAULT_NOISE,
+    EXAMPLE_RANKINGS,
+    K_MAX,
+    SCHEMA_VERSION,
+    TARGET_AGREEMENT,
+    Comparison,
+    DamagedRecord,
+    DamagedStore,
+    InvalidCompletions,
+    InvalidField,
+    InvalidRanking,
+    InvalidTies,
+    Item,
+    Ranking,
+    RankingError,
+    RankingStore,
+    SchemaVersionError,
+    SimulatedLabeler,
+    agreement,
+    calibrate_noise,
+    calibration_sets,
+    expand_pairs,
+    expected_agreement,
+    load_example_rankings,
+    make_example_rankings,
+    pair_agreement_probability,
+    ranking_pairs,
+    read_jsonl,
+    score_gaps,
+    template_items,
+    win_rates,
+)
+from rlhf_kit.widgets import ComparisonWidget, RankingWidget
+from rlhf_kit.world import World
+
+COMPLETIONS = ("Alice lives in Brookfield.", "I don't know.", "Look it up yourself, idiot.")
+GOOD = dict(prompt="Where does Alice live?", completions=COMPLETIONS, ranking=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(seed=0)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with RankingStore(tmp_path / "rankings.sqlite") as s:
+        yield s
+
+
+def snapshot(store: RankingStore) -> list[dict]:
+    return [r.to_dict() for r in store.rankings()]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Validation: a table of bad inputs, each a typed error naming its field
+# ----------------------------------------------------------------------------------------------
+
+BAD_RANKINGS = [  # (what is wrong, changes to GOOD, error type, field)
+    ("tie not between neighbours", dict(ties=((0, 2),)), InvalidTies, "ties"),
+    ("tie of an unknown index", dict(ties=((2, 3),)), InvalidTies, "ties"),
+    ("tie of a completion with itself", dict(ties=((1, 1),)), InvalidTies, "ties"),
+    ("tie that is not a pair", dict(ties=((0, 1, 2),)), InvalidTies, "ties"),
+    ("incomplete ranking", dict(ranking=(0, 1)), InvalidRanking, "ranking"),
+    ("empty ranking", dict(ranking=()), InvalidRanking, "ranking"),
+    ("unknown index", dict(ranking=(0, 1, 3)), InvalidRanking, "ranking"),
+    ("negative index", dict(ranking=(0, 1, -1)), InvalidRanking, "ranking"),
+    ("duplicate index", dict(ranking=(0, 1, 1)), InvalidRanking, "ranking"),
+    ("index as text", dict(ranking=(0, 1, "2")), InvalidRanking, "ranking"),
+    ("index as bool", dict(ranking=(0, 1, True)), InvalidRanking, "ranking"),
+    ("ranking as text", dict(ranking="012"), InvalidRanking, "ranking"),
+    ("K below range", dict(completions=("Alice lives in Brookfield.",), ranking=(0,)),
+     InvalidCompletions, "completions"),
+    ("K above range", dict(completions=tuple(f"reply {i}" for i in range(K_MAX + 1)),
+                           ranking=tuple(range(K_MAX + 1))), InvalidCompletions, "completions"),
+    ("empty completion", dict(completions=("a", "", "c")), InvalidCompletions, "completions"),
+    ("blank completion", dict(completions=("a", "  \n", "c")), InvalidCompletions, "completions"),
+    ("identical completions", dict(completions=("a", "b", "a")), InvalidCompletions, "completions"),
+    ("identical but for spaces", dict(completions=("a", "b", "a ")), InvalidCompletions, "completions"),
+    ("completion not text", dict(completions=("a", "b", 3)), InvalidCompletions, "completions"),
+    ("wrong schema version", dict(schema_version=SCHEMA_VERSION + 1), SchemaVersionError,
+     "schema_version"),
+    ("empty prompt", dict(prompt=" "), InvalidField, "prompt"),
+    ("unknown labeler kind", dict(labeler_kind="robot"), InvalidField, "labeler_kind"),
+    ("shown order not a permutation", dict(shown_order=(0, 0, 1)), InvalidField, "shown_order"),
+]
+
+
+@pytest.mark.parametrize("case, change, error, field", BAD_RANKINGS, ids=[c[0] for c in BAD_RANKINGS])
+def test_bad_ranking_is_a_typed_error_naming_the_field(case, change, error, field):
+    with pytest.raises(error) as info:
+        Ranking(**{**GOOD, **change})
+    assert info.value.field == field
+    assert f"'{field}'" in str(info.value)
+    message = info.value.sentence
+    assert not message[0].islower() and message.endswith(".") and message.count(". ") == 0, message
+
+
+@pytest.mark.parametrize("case, change, error, field", BAD_RANKINGS, ids=[c[0] for c in BAD_RANKINGS])
+def test_bad_ranking_in_a_file_names_line_and_field_and_stores_nothing(tmp_path, store, case,
+                                                                       change, error, field):
+    store.add(Ranking(**GOOD))
+    before = snapshot(store)
+    good = Ranking(**{**GOOD, "prompt": "Where does Bruno live?"}).to_dict()
+    bad = {**GOOD, "schema_version": SCHEMA_VERSION, **change}
+    bad = {k: list(v) if isinstance(v, tuple) else v for k, v in bad.items()}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(error) as info:
+        store.import_jsonl(path)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"Line 2 of bad.jsonl, field '{field}'")
+    assert snapshot(store) == before  # the good first line was not stored either
+
+
+def test_good_ranking_is_normalised():
+    record = Ranking(**{**GOOD, "ranking": [2, 1, 0], "ties": [[2, 1], (1, 2)]})
+    assert record.ranking == (2, 1, 0) and record.ties == ((1, 2),)
+    assert record.shown_order == (0, 1, 2)
+    assert record.key == Item(GOOD["prompt"], COMPLETIONS, "unknown").key("you")
+
+
+def damaged_files(good_line: bytes):
+    """(what is wrong, file bytes, field, line) for files a reader must refuse."""
+    mid = good_line.index(b'"completions"') + 20
+    foreign = json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}).encode()
+    return [
+        ("truncated", good_line + b"\n" + good_line[:mid], "completions", 2),
+        ("not UTF-8", good_line[:mid] + b"\xff\xfe" + good_line[mid:] + b"\n", "completions", 1),
+        ("not JSON", b"hello\n", "record", 1),
+        ("not an object", b"[1, 2, 3]\n", "record", 1),
+        ("foreign file (TRL pairs)", foreign + b"\n", "schema_version", 1),
+        ("field missing", json.dumps({"schema_version": SCHEMA_VERSION, "prompt": "p"}).encode(),
+         "completions", 1),
+        ("newer schema", good_line.replace(b'"schema_version": 1', b'"schema_version": 2'),
+         "schema_version", 1),
+    ]
+
+
+def test_damaged_files_name_line_and_field_and_store_nothing(tmp_path, store):
+    store.add(Ranking(**GOOD))
+    before = snapshot(store)
+    good_line = json.dumps(Ranking(**{**GOOD, "prompt": "Where does Bruno live?"}).to_dict()).encode()
+    for case, data, field, line in damaged_files(good_line):
+        path = tmp_path / "damaged.jsonl"
+        path.write_bytes(data)
+        with pytest.raises((DamagedRecord, SchemaVersionError)) as info:
+            store.import_jsonl(path)
+        assert info.value.field == field, case
+        assert str(info.value).startswith(f"Line {line} of damaged.jsonl, field '{field}'"), case
+        assert snapshot(store) == before, case
+
+
+def test_truncated_file_says_it_is_truncated(tmp_path):
+    line = json.dumps(Ranking(**GOOD).to_dict())
+    path = tmp_path / "cut.jsonl"
+    path.write_text(line[: len(line) // 2], encoding="utf-8")
+    with pytest.raises(DamagedRecord, match="truncated"):
+        read_jsonl(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The store
+# ----------------------------------------------------------------------------------------------
+
+
+def test_store_settings_are_durable(store):
+    con = sqlite3.connect(store.path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert dict(con.execute("SELECT name, value FROM meta"))["schema_version"] == str(SCHEMA_VERSION)
+    assert store._con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._con.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+
+
+def test_add_is_idempotent_and_round_trips(store):
+    record = Ranking(**{**GOOD, "ties": ((0, 1),), "shown_order": (2, 0, 1), "model": "sft"})
+    assert store.add(record) is True
+    assert store.add(record) is False
+    assert store.add(Ranking(**{**GOOD, "ranking": (2, 1, 0), "model": "sft"})) is False  # same item
+    assert store.add(record, key="my-key") is True  # an explicit key is another ranking
+    stored = store.rankings()
+    assert len(store) == 2 and [r.key for r in stored] == [record.key, "my-key"]
+    assert stored[0].created_at  # stamped when stored
+    assert {**stored[0].to_dict(), "created_at": ""} == record.to_dict()
+
+
+def test_pending_resumes_after_reopening(tmp_path, world):
+    items = template_items(world)[:5]
+    with RankingStore(tmp_path / "r.sqlite") as store:
+        store.add(Ranking(items[1].prompt, items[1].completions, (0, 1, 2, 3), model=items[1].model))
+        store.skip(items[3])
+    with RankingStore(tmp_path / "r.sqlite") as store:  # a restarted kernel
+        assert store.pending(items) == [items[0], items[2], items[4]]
+        assert store.pending(items, include_skipped=True) == [items[0], items[2], items[3], items[4]]
+        assert store.pending(items, labeler="someone else") == items
+        assert tuple(store.progress(items)) == (1, 1, 5)
+        assert store.clear_skips() == 1
+        assert store.pending(items) == [items[0], items[2], items[3], items[4]]
+
+
+def test_jsonl_export_and_import_round_trip(tmp_path, store, world):
+    SimulatedLabeler(world).label(store, template_items(world)[:10])
+    assert store.export_jsonl(tmp_path / "out" / "rankings.jsonl") == 10
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["rankings.jsonl"]  # no temp file left
+    with RankingStore(tmp_path / "copy.sqlite") as copy:
+        assert copy.import_jsonl(tmp_path / "out" / "rankings.jsonl") == 10
+        assert copy.import_jsonl(tmp_path / "out" / "rankings.jsonl") == 0  # idempotent
+        assert snapshot(copy) == snapshot(store)
+
+
+def file_hash(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_foreign_sqlite_database_is_refused_unchanged(tmp_path):
+    path = tmp_path / "other.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.execute("INSERT INTO notes VALUES ('keep me')")
+    con.commit()
+    con.close()
+    before = file_hash(path)
+    with pytest.raises(DamagedStore) as info:
+        RankingStore(path)
+    assert info.value.field == "meta" and str(path) in str(info.value)
+    assert file_hash(path) == before
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_file_that_is_not_a_database_is_refused_unchanged(tmp_path):
+    path = tmp_path / "notes.sqlite"
+    path.write_text("These are my notes, not a database.\n" * 100)
+    before = file_hash(path)
+    with pytest.raises(DamagedStore) as info:
+        RankingStore(path)
+    assert info.value.field == "file"
+    assert file_hash(path) == before
+
+
+def test_store_of_another_schema_version_is_refused(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with RankingStore(path) as store:
+        store.add(Ranking(**GOOD))
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaVersionError) as info:
+        RankingStore(path)
+    assert info.value.field == "schema_version" and "99" in str(info.value)
+
+
+def test_damaged_row_names_record_and_field_and_loses_nothing(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with RankingStore(path) as store:
+        store.add(Ranking(**GOOD))
+        store.add(Ranking(**{**GOOD, "prompt": "Where does Bruno live?"}))
+    con = sqlite3.connect(path)
+    con.execute("UPDATE rankings SET ranking = '[0, 1' WHERE id = 2")
+    con.commit()
+    con.close()
+    with RankingStore(path) as store:
+        for read in (store.rankings, store.check_integrity):
+            with pytest.raises(DamagedRecord) as info:
+                read()
+            assert info.value.field == "ranking"
+            assert str(info.value).startswith("Ranking 2 of r.sqlite, field 'ranking'")
+        assert len(store) == 2  # still there, to be repaired
+
+
+def test_check_integrity_counts_records(store, world):
+    SimulatedLabeler(world).label(store, template_items(world)[:3])
+    store.skip(template_items(world)[3])
+    assert store.check_integrity() == {"rankings": 3, "comparisons": 0, "skips": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Rankings to pairs
+# ----------------------------------------------------------------------------------------------
+
+
+def brute_force_pairs(ranking, ties):
+    """Every unordered pair, judged from scratch: tied when a chain of ties joins them, else the
+    one earlier in the ranking is chosen."""
+    linked = {i: {i} for i in ranking}
+    changed = True
+    while changed:  # transitive closure of the tie relation
+        changed = False
+        for a, b in ties:
+            union = linked[a] | linked[b]
+            for c in union:
+                if linked[c] != union:
+                    linked[c], changed = set(union), True
+    pairs, n_ties = set(), 0
+    for i, j in combinations(sorted(ranking), 2):
+        if j in linked[i]:
+            n_ties += 1
+        else:
+            pairs.add((i, j) if ranking.index(i) < ranking.index(j) else (j, i))
+    return pairs, n_ties
+
+
+def random_ranking(rng: random.Random) -> Ranking:
+    k = rng.randint(2, K_MAX)
+    ranking = list(range(k))
+    rng.shuffle(ranking)
+    ties = [(ranking[p], ranking[p + 1]) for p in range(k - 1) if rng.random() < 0.3]
+    return Ranking("p", tuple(f"completion {i}" for i in range(k)), tuple(ranking), tuple(ties))
+
+
+def test_pair_expansion_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(500):
+        record = random_ranking(rng)
+        pairs, ties = ranking_pairs(record)
+        expected_pairs, expected_ties = brute_force_pairs(list(record.ranking), record.ties)
+        assert set(pairs) == expected_pairs and len(pairs) == len(expected_pairs)
+        assert ties == expected_ties
+        assert len(pairs) + ties == math.comb(len(record.completions), 2)
+
+
+def test_pairs_by_hand():
+    record = Ranking("p", ("w", "x", "y", "z"), ranking=(2, 0, 3, 1), ties=((0, 3),))
+    assert ranking_pairs(record) == ([(2, 0), (2, 3), (2, 1), (0, 1), (3, 1)], 1)
+
+
+def test_pairs_dataset_columns_groups_and_weights(store):
+    store.add(Ranking("Where does Alice live?", ("a", "b", "c", "d"), (3, 2, 1, 0), ties=((2, 1),)))
+    store.add(Ranking("Where does Bruno live?", ("e", "f"), (0, 1)))
+    data = store.to_pairs()
+    assert data.column_names == ["prompt", "chosen", "rejected", "group_id", "weight"]
+    assert data["group_id"] == [0] * 5 + [1]
+    assert data["weight"] == [1 / 6] * 5 + [1.0]
+    assert data[0] == {"prompt": "Where does Alice live?", "chosen": "d", "rejected": "c",
+                       "group_id": 0, "weight": 1 / 6}
+    assert ("b", "c") not in zip(data["chosen"], data["rejected"])  # the tie is dropped...
+    assert tuple(store.pair_stats().__dict__.values()) == (2, 6, 1)  # ...and counted
+
+
+def test_pairs_dataset_of_an_empty_store_has_the_columns(store):
+    data = store.to_pairs()
+    assert len(data) == 0 and data.column_names == ["prompt", "chosen", "rejected", "group_id", "weight"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The simulated labeler
+# ----------------------------------------------------------------------------------------------
+
+
+def test_rubric_ranking_without_noise(world):
+    labeler = SimulatedLabeler(world, noise=0.0)
+    question = world.question_about("Alice", "town")
+    wrong = "Alice lives in Oakridge." if question.answer != "Oakridge" else "Alice lives in Foxhill."
+    completions = ("Nobody cares, loser.", question.reference, wrong, "I don't know.",
+                   "Sure! " + question.reference)
+    ranking, ties = labeler.ideal_ranking(question.text, completions)
+    assert ranking == (1, 4, 3, 2, 0) and ties == ((1, 4),)  # equal scores are tied
+    assert labeler.rank(question.text, completions) == (ranking, ties)
+    chat = f"User: {question.text}\nAssistant:"  # the question is found inside a chat prompt
+    assert labeler.ideal_ranking(chat, completions) == (ranking, ties)
+    with pytest.raises(ValueError, match="rank it yourself"):
+        labeler.scores("What is the capital of France?", completions)
+
+
+def test_noisy_ranking_is_seeded_per_item(world):
+    items = template_items(world)[:20]
+    one, same, other = (SimulatedLabeler(world, seed=s) for s in (1, 1, 2))
+    rank = lambda lab, it: lab.rank(it.prompt, it.completions, it.key("x"))  # noqa: E731
+    assert [rank(one, i) for i in items] == [rank(same, i) for i in reversed(items)][::-1]
+    assert [rank(one, i) for i in items] != [rank(other, i) for i in items]
+
+
+def test_gumbel_noise_follows_bradley_terry(world):
+    """P(better beats worse) = σ(gap / noise): the model the reward model will assume."""
+    labeler = SimulatedLabeler(world, noise=1.5, seed=3)
+    question = world.question_about("Alice", "town")
+    completions = (question.reference, "I don't know.")  # gap 2.5
+    wins = sum(labeler.rank(question.text, completions, key=str(i))[0][0] == 0 for i in range(4000))
+    assert wins / 4000 == pytest.approx(1 / (1 + math.exp(-2.5 / 1.5)), abs=0.02)
+    assert pair_agreement_probability(0.0, 1.0) == 0.5
+    assert pair_agreement_probability(2.5, 0.0) == 1.0
+
+
+def test_default_noise_is_calibrated_to_human_agreement(world):
+    assert calibrate_noise(world, calibration_sets(world)) == pytest.approx(DEFAULT_NOISE, abs=0.01)
+    # Measured, not computed: two simulated labelers on completion sets not used to calibrate.
+    sets = template_items(world, "feedback", sets_per_question=20, seed=100)  # 5,760 pairs
+    first, second = SimulatedLabeler(world, seed=1), SimulatedLabeler(world, seed=2)
+    rank = lambda lab, it: lab.rank(it.prompt, it.completions, it.key("x"))  # noqa: E731
+    measured = agreement([rank(first, i) for i in sets], [rank(second, i) for i in sets])
+    assert measured == pytest.approx(TARGET_AGREEMENT, abs=0.02)
+    assert expected_agreement(score_gaps(world, sets), DEFAULT_NOISE) == pytest.approx(0.73, abs=0.01)
+    assert expected_agreement(score_gaps(world, sets), 0.0) > 0.85  # the noise-free ceiling
+
+
+def test_simulated_labeler_ranks_through_the_store(store, world):
+    items = template_items(world)[:6]
+    labeler = SimulatedLabeler(world, seed=4)
+    assert labeler.label(store, items) == 6
+    assert labeler.label(store, items) == 0  # resumes: nothing pending
+    stored = store.rankings()
+    assert {(r.labeler, r.labeler_kind) for r in stored} == {("simulated-4", "simulated")}
+    assert [r.ranking for r in stored] == [labeler.rank(i.prompt, i.completions, i.key("simulated-4"))[0]
+                                           for i in items]
+
+
+def test_simulated_comparisons_and_win_rates(store, world):
+    items = [(i.prompt, i.completions[:2], ("base", "sft")) for i in template_items(world)[:8]]
+    assert SimulatedLabeler(world).label_comparisons(store, items) == 8
+    rates = win_rates(store.comparisons())
+    assert rates["base"]["wins"] == rates["sft"]["losses"]
+    assert rates["base"]["win_rate"] + rates["sft"]["win_rate"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The shipped example rankings
+# ----------------------------------------------------------------------------------------------
+
+
+def test_example_file_is_reproducible(tmp_path):
+    from rlhf_kit.feedback import write_jsonl
+
+    write_jsonl(make_example_rankings(), tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_bytes() == EXAMPLE_RANKINGS.read_bytes()
+    examples = load_example_rankings()
+    assert len(examples) == 96 and {len(r.completions) for r in examples} == {4}
+    rows, stats = expand_pairs(examples)
+    assert stats.pairs == 96 * 6 and len(rows) == stats.pairs
+
+
+def test_example_file_imports_into_a_store(store):
+    assert store.import_jsonl(EXAMPLE_RANKINGS) == 96
+    assert store.check_integrity()["rankings"] == 96
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The widgets, driven without a browser
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def items(world):
+    return template_items(world)[:3]
+
+
+def click_all(widget):
+    for index in widget.order:
+        assert widget.pick(index)
+
+
+def test_ranking_widget_clicks_ties_undo_reset_and_submit(store, items):
+    widget = RankingWidget(store, items)
+    assert repr(widget) == "RankingWidget(prompts=3, labeler='you')"
+    first = widget.current
+    a, b, c, d = widget.order
+    assert widget.pick(a) and widget.pick(b, tie=True)
+    assert not widget.pick(a) and "already ranked #1" in widget.message
+    assert widget.pick(c)
+    widget.undo()
+    assert widget.picks == [a, b]
+    widget.reset()
+    assert widget.picks == [] and widget.ties == []
+    assert widget.pick(d) and widget.pick(c) and widget.pick(b, tie=True) and widget.pick(a)
+    assert [row.children[0].description for row in widget._rows.children] == ["#3", "#2=", "#2", "#1"]
+    assert widget.submit() and widget.message == "Saved."
+    [record] = store.rankings()
+    assert record.prompt == first.prompt and record.ranking == (d, c, b, a)
+    assert record.ties == (tuple(sorted((b, c))),) and record.shown_order == (a, b, c, d)
+    assert widget.current == items[1] and "Ranked 1 of 3 prompts" in widget._progress.value
+
+
+BAD_SUBMISSIONS = [  # (ranking, ties, error type) given to submit_ranking for a K=4 item
+    ((0, 1, 2), (), InvalidRanking),
+    ((0, 1, 2, 2), (), InvalidRanking),
+    ((0, 1, 2, 4), (), InvalidRanking),
+    ((0, 1, 2, 3), ((0, 2),), InvalidTies),
+    ((0, 1, 2, 3), ((0, 7),), InvalidTies),
+]
+
+
+@pytest.mark.parametrize("ranking, ties, error", BAD_SUBMISSIONS)
+def test_invalid_submission_shows_its_error_and_stores_nothing(store, items, ranking, ties, error):
+    widget = RankingWidget(store, items)
+    with pytest.raises(error) as expected:
+        Ranking(items[0].prompt, items[0].completions, ranking, ties)
+    assert widget.submit_ranking(ranking, ties) is False
+    assert widget.message == expected.value.sentence
+    assert expected.value.sentence in widget._message.value
+    assert len(store) == 0 and widget.current == items[0]
+
+
+def test_incomplete_clicks_explain_what_to_do(store, items):
+    widget = RankingWidget(store, items)
+    widget.pick(widget.order[0])
+    widget._submit.click()  # through the button's callback, as a click would
+    assert widget.message == ("3 of 4 completions are not ranked yet; click every completion "
+                              "from best to worst, then submit.")
+    assert len(store) == 0
+
+
+def test_callback_errors_are_shown_in_the_widget(store, items):
+    widget = RankingWidget(store, items)
+    click_all(widget)
+    store.close()  # the database goes away under the widget
+    widget._submit.click()
+    assert widget.message.startswith("Could not save") and widget.current == items[0]
+
+
+def test_rerun_and_second_notebook_resume_without_duplicates(tmp_path, items):
+    path = tmp_path / "r.sqlite"
+    store = RankingStore(path)
+    widget = RankingWidget(store, items)
+    click_all(widget)
+    assert widget.submit()
+    widget.skip()
+    rerun = RankingWidget(RankingStore(path), items)  # the cell run again, or a new kernel
+    other = RankingWidget(RankingStore(path), items)  # a second notebook on the same store
+    assert rerun.current == other.current == items[2]
+    click_all(rerun)
+    click_all(other)
+    assert rerun.submit() and other.submit()
+    assert other.message == "Already ranked (in another notebook?); moving on."
+    assert len(RankingStore(path)) == 2 and other.current is None
+    assert "All 3 prompts are done" in other._prompt.value and other._submit.disabled
+
+
+def test_bad_items_raise_in_the_cell(store):
+    with pytest.raises(InvalidCompletions, match="identical"):
+        RankingWidget(store, [("Where does Alice live?", ("same", "same"), "sft")])
+
+
+def test_comparison_widget_is_blind_and_durable(store, items):
+    pairs = [(i.prompt, i.completions[:2], ("base", "sft")) for i in items]
+    widget = ComparisonWidget(store, pairs)
+    assert repr(widget) == "ComparisonWidget(prompts=3, labeler='you')"
+    assert "base" not in widget._texts[0].value + widget._texts[1].value
+    shown_as_a = widget.order[0]
+    assert widget.choose("A") and widget.choose("tie")
+    assert not widget.choose("C") and "choose 'A', 'B' or 'tie'" in widget.message
+    first, second = store.comparisons()
+    assert first.winner == shown_as_a and second.winner is None
+    assert ComparisonWidget(store, pairs).current.prompt == items[2].prompt  # resumes
+    assert isinstance(first, Comparison) and first.shown_order[0] == shown_as_a
+
+
+def test_errors_are_ranking_errors():
+    for error in (InvalidCompletions, InvalidRanking, InvalidTies, InvalidField, SchemaVersionError,
+                  DamagedRecord, DamagedStore):
+        assert issubclass(error, RankingError) and issubclass(error, ValueError)
