@@ -13,4 +13,4 @@ def pytest_configure(config):
     if hasattr(config.option, "nbval_current_env"):
         config.option.nbval_current_env = True
         if not config.option.nbval_sanitize_with:
-            config.option.nbval_sanitize_with = str(ROOT / "tests" / "nbval_sanitize.cfg")
+            config.option.nbval_sanitize_with = str(ROOT / "rlhf_kit" / "data" / "nbval_sanitize.cfg")

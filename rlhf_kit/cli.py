@@ -1,0 +1,166 @@
+"""The ``rlhf-kit`` command: the course's chores from a terminal.
+
+::
+
+    rlhf-kit build [STAGE]                  build a stage of the embedded model (default: base)
+    rlhf-kit exercises [--check] [--root DIR]
+                                            regenerate exercises/ from solutions/; with --check,
+                                            only say which committed notebooks are stale
+    rlhf-kit check NOTEBOOK [--solution PATH]
+                                            run your exercises notebook and compare it with the
+                                            solutions, exercise by exercise
+
+Each subcommand is one function registered with ``@command``: its name, a one-line help, its
+arguments (written as for ``argparse.add_argument``), and a body that returns the exit status.
+Adding one is adding a function. A mistake the user can fix (a wrong path, an unknown stage)
+is printed as one sentence, without a traceback, with exit status 2; a check that finds work
+to do exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exercises import ExerciseError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass
+class Command:
+    """One subcommand: its name, its help line, its arguments and the function that runs it."""
+
+    name: str
+    help: str
+    run: Handler
+    arguments: list[tuple[tuple, dict]] = field(default_factory=list)
+
+
+COMMANDS: dict[str, Command] = {}
+"""Every subcommand by name, in the order ``rlhf-kit --help`` lists them."""
+
+
+def argument(*names: str, **options) -> tuple[tuple, dict]:
+    """One argument of a subcommand, spelled as for ``ArgumentParser.add_argument``."""
+    return names, options
+
+
+def command(name: str, help: str, *arguments: tuple[tuple, dict]) -> Callable[[Handler], Handler]:
+    """Register the decorated function as the subcommand ``name``."""
+
+    def register(run: Handler) -> Handler:
+        COMMANDS[name] = Command(name, help, run, list(arguments))
+        return run
+
+    return register
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called; its message is shown as is, in one sentence."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The subcommands
+# ----------------------------------------------------------------------------------------------
+
+
+@command("build", "Build a stage of the embedded model (once) and print its folder.",
+         argument("stage", nargs="?", default="base", help="the stage to build (default: base)"))
+def build(args: argparse.Namespace) -> int:
+    from .artifacts import ensure_stage  # imports torch and transformers: only when building
+
+    try:
+        folder = ensure_stage(args.stage)
+    except KeyError as error:  # an unknown stage: the message lists the known ones
+        raise UsageError(error.args[0]) from None
+    print(folder)
+    return 0
+
+
+@command("exercises", "Regenerate exercises/ from solutions/ (with --check: only compare).",
+         argument("--check", action="store_true",
+                  help="write nothing; exit with 1 and name the notebooks that differ"),
+         argument("--root", type=Path, default=None, metavar="DIR",
+                  help="the course folder holding solutions/ and exercises/ "
+                       "(default: the checkout rlhf_kit is installed from)"))
+def exercises(args: argparse.Namespace) -> int:
+    from .exercises import course_root, regenerate_all
+
+    root = args.root or course_root()
+    states = regenerate_all(root, write=not args.check)
+    for path, state in states:
+        shown = _relative(path, root)
+        if state == "stale":
+            print(f"{shown} is stale: run `rlhf-kit exercises` and commit the result.")
+        elif state == "orphan":
+            print(f"{shown} has no solutions notebook to be generated from.")
+        else:
+            print(f"{shown}: {state}")
+    if not states:
+        print(f"No solutions notebooks in {root / 'solutions'}.")
+    return 1 if any(state in ("stale", "orphan") for _, state in states) else 0
+
+
+@command("check", "Run your exercises notebook and compare it with the solutions.",
+         argument("notebook", type=Path,
+                  help="your notebook, e.g. exercises/01_next_token_prediction_exercises.ipynb"),
+         argument("--solution", type=Path, default=None, metavar="PATH",
+                  help="the solutions notebook to compare with (default: found from the name)"),
+         argument("--cell-timeout", type=int, default=300, metavar="SECONDS",
+                  help="fail a cell that runs longer than this (default: 300)"))
+def check(args: argparse.Namespace) -> int:
+    from .exercises import all_pass, check_notebook, format_report, read_notebook, solution_path_for
+
+    read_notebook(args.notebook)  # a missing or broken notebook is named before anything runs
+    solution = args.solution or solution_path_for(args.notebook)
+    print(f"Running {args.notebook.name} in a fresh kernel and comparing it with {solution.name} "
+          "(this takes a minute)...", flush=True)
+    results = check_notebook(args.notebook, solution, cell_timeout=args.cell_timeout)
+    print(format_report(results))
+    return 0 if all_pass(results) else 1
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parser and the entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-kit", description="The rlhf-kit course: build models, make and check exercises.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for names, options in cmd.arguments:
+            sub.add_argument(*names, **options)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns (and, as a script, exits with) its status."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, ExerciseError) as error:
+        print(f"rlhf-kit {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhf-kit {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

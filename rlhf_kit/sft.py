@@ -1,0 +1,674 @@
+"""Supervised fine-tuning (SFT): the base model learns to answer from demonstrations.
+
+A pretrained model continues text; it does not know it is in a conversation. InstructGPT
+(Ouyang et al., 2022) began by paying people to write the answers they wanted for real prompts;
+for ChatGPT (OpenAI, 2022) they wrote whole conversations, playing both the user and the
+assistant. Fine-tuning on those *demonstrations* is supervised learning: the model is shown the
+reply a person wrote and trained to predict it, token by token.
+
+The loss is the pretraining loss restricted to the assistant's tokens. For a conversation
+rendered by the chat template as tokens x_1..x_T, with ``loss_mask`` m_t = 1 on every token the
+assistant wrote (its closing ``<|end|>`` included) and 0 on the system and user turns,
+
+    loss = - sum_t m_t * log p(x_t | x_<t)  /  sum_t m_t
+
+with both sums running over every conversation of a batch. The model reads the whole
+conversation but is only graded on the assistant's turns: it should learn to answer questions,
+not to write them.
+
+Data: the toy world's ``sft`` questions become conversations (some with a system message) whose
+assistant turns state the true fact, politely and briefly; ``heldout`` questions never appear.
+Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
+tokens through the ``{% generation %}`` markers of the chat template. Reads the ``base``
+artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.ipynb``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+import trl
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+from .artifacts import ensure_stage, read_metadata
+from .evaluate import Report, first_line, judge_replies
+from .models import EMBEDDED, load_model, load_tokenizer
+from .runtime import preferred_dtype, seed_everything
+from .sampling import Generation, generate
+from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER, end_of_turn_id
+from .world import Question, World
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class SFTConfig:
+    """Everything that decides the SFT model. Defaults: about a minute on 2 CPU cores.
+
+    Not TRL's ``trl.SFTConfig``: this one holds the few settings the course varies, and
+    ``trl_arguments`` translates it into TRL's many.
+    """
+
+    seed: int = 0  # demonstrations, batch order and the held-out dialogues all follow from it
+    n_conversations: int = 600  # demonstrations written from the world's sft questions (100 - 5000)
+    max_exchanges: int = 3  # user/assistant exchanges per conversation (1 - 5)
+    system_share: float = 0.3  # share of conversations that open with a system message (0 - 1)
+    multi_turn: bool = True  # False: train on the single-turn prompt->completion set instead
+    epochs: float = 3.0  # passes over the demonstrations (1 - 10)
+    batch_size: int = 16  # conversations per optimiser step (4 - 64)
+    lr: float = 5e-4  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
+    weight_decay: float = 0.0  # AdamW decay (0 - 0.1); the run is too short to need it
+    grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
+    max_length: int = 128  # tokens per conversation (64 - 2048); at most the model's context
+    log_every: int = 5  # steps between history entries of the training loss
+    n_eval: int = 64  # held-out conversations for the validation loss (0: none)
+    eval_every: int = 20  # steps between validation losses
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training produced a NaN or infinite loss; it stops instead of carrying on silently."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Demonstrations: conversations written from the world's facts
+# ----------------------------------------------------------------------------------------------
+
+# Short on purpose: the embedded model's context is 64 tokens, and words the toy internet never
+# uses ("helpful", "assistant") cost a token per letter or two.
+SYSTEM_PROMPTS = ("Be brief.", "Be polite.", "Answer the question.", "Tell the truth.")
+THANKS = ("Thanks!", "Thank you.")
+WELCOME = ("You're welcome.", "Glad to help.")
+SAME_PERSON_SHARE = 0.5  # a follow-up question asks about the person of the previous one
+AND_SHARE = 0.5  # a follow-up about the same person starts with "And ..."
+THANKS_SHARE = 0.1  # after an answer, the user sometimes says thanks
+
+
+def _next_question(rng: random.Random, questions: list[Question], asked: list[Question]) -> Question:
+    """A question whose fact has not been asked yet in this conversation."""
+    done = {(q.person, q.relation) for q in asked}
+    fresh = [q for q in questions if (q.person, q.relation) not in done]
+    if asked and rng.random() < SAME_PERSON_SHARE:
+        same = [q for q in fresh if q.person == asked[-1].person]
+        if same:
+            return rng.choice(same)
+    return rng.choice(fresh)
+
+
+def _dialogue(rng: random.Random, questions: list[Question], n_exchanges: int,
+              system: bool) -> tuple[list[dict], list[Question]]:
+    """One conversation of ``n_exchanges`` questions and true answers, and the questions asked."""
+    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if system else []
+    asked: list[Question] = []
+    for k in range(n_exchanges):
+        question = _next_question(rng, questions, asked)
+        text = question.text
+        if asked and asked[-1].person == question.person and rng.random() < AND_SHARE:
+            text = "And " + text[0].lower() + text[1:]  # "And what is Alice's job?"
+        # The demonstration: the true fact, in one polite sentence, nothing else.
+        messages += [{"role": "user", "content": text},
+                     {"role": "assistant", "content": question.reference}]
+        asked.append(question)
+        if k < n_exchanges - 1 and rng.random() < THANKS_SHARE:
+            messages += [{"role": "user", "content": rng.choice(THANKS)},
+                         {"role": "assistant", "content": rng.choice(WELCOME)}]
+    return messages, asked
+
+
+def _fit(messages: list[dict], tokenizer, max_length: int | None) -> list[dict]:
+    """Drop the last exchanges of a conversation until it fits in ``max_length`` tokens.
+
+    The first exchange is always kept (validation reports it if even that is too long).
+    """
+    if tokenizer is None or max_length is None:
+        return messages
+    first = 3 if messages[0]["role"] == "system" else 2  # messages up to the first answer
+    while len(messages) > first and len(chat_ids(tokenizer, messages)) > max_length:
+        messages = messages[:-2]  # one user/assistant pair less
+    return messages
+
+
+def build_demonstrations(world: World, n_conversations: int = 600, split: str = "sft",
+                         max_exchanges: int = 3, system_share: float = 0.3, seed: int = 0,
+                         tokenizer=None, max_length: int | None = None) -> list[list[dict]]:
+    """Conversations in TRL's ``messages`` format, written from the questions of one split.
+
+    Each conversation has 1 to ``max_exchanges`` exchanges; a follow-up often asks about the
+    same person. Only questions of ``split`` appear, so ``heldout`` facts stay out of training.
+    With a ``tokenizer`` and ``max_length``, a conversation too long for the model's context
+    loses its last exchanges (it would otherwise be cut in the middle of a reply).
+    """
+    questions = world.questions(split)
+    rng = random.Random(seed)
+    return [_fit(_dialogue(rng, questions, rng.randint(1, max_exchanges),
+                           rng.random() < system_share)[0], tokenizer, max_length)
+            for _ in range(n_conversations)]
+
+
+def to_single_turn(conversations: list[list[dict]]) -> list[dict]:
+    """The same demonstrations as single-turn ``prompt``/``completion`` examples (TRL's format).
+
+    Every assistant turn becomes one example whose prompt is only the user turn before it (and
+    the system message, if the conversation has one): same answers, no earlier turns.
+    """
+    examples = []
+    for messages in conversations:
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                examples.append({"prompt": system + [messages[i - 1]], "completion": [message]})
+    return examples
+
+
+def heldout_dialogues(world: World, n: int = 200, split: str = "heldout", min_exchanges: int = 2,
+                      max_exchanges: int = 2, system_share: float = 0.3,
+                      seed: int = 1) -> list[tuple[list[dict], Question]]:
+    """Multi-turn test conversations: earlier exchanges, then a last question left unanswered.
+
+    Returns ``(messages, question)`` pairs; ``messages`` ends with the user's last question.
+    Two exchanges by default: with a system message that is about 40 tokens, which leaves room
+    for a reply in the embedded model's context of 64.
+    """
+    questions = world.questions(split)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        messages, asked = _dialogue(rng, questions, rng.randint(min_exchanges, max_exchanges),
+                                    rng.random() < system_share)
+        out.append((messages[:-1], asked[-1]))  # drop the last answer: the model must write it
+    return out
+
+
+def single_questions(questions: list[Question]) -> list[tuple[list[dict], Question]]:
+    """Each question as a one-turn conversation, in the format of ``heldout_dialogues``."""
+    return [([{"role": "user", "content": q.text}], q) for q in questions]
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Validation: bad demonstrations stop here, with the example named
+# ----------------------------------------------------------------------------------------------
+
+
+class InvalidDemonstration(ValueError):
+    """A demonstration that cannot be trained on; ``index`` and ``field`` say where."""
+
+    reason = "invalid"
+
+    def __init__(self, index: int, field: str, message: str):
+        super().__init__(f"Demonstration {index}, {field}: {message}")
+        self.index, self.field = index, field
+
+
+class EmptyTurn(InvalidDemonstration):
+    """A message whose content is empty or only whitespace."""
+
+    reason = "empty turn"
+
+
+class WrongRole(InvalidDemonstration):
+    """A role that is not system/user/assistant, or turns in the wrong order."""
+
+    reason = "wrong role"
+
+
+class NotEndingWithAssistant(InvalidDemonstration):
+    """A conversation whose last turn is not the assistant's: there is no reply to learn."""
+
+    reason = "no final assistant turn"
+
+
+class TooLong(InvalidDemonstration):
+    """A conversation with more tokens than ``max_length``: it would be cut mid-reply."""
+
+    reason = "too long"
+
+
+def as_messages(example) -> list[dict]:
+    """The conversation of an example: a list of messages, ``{"messages": ...}``, or
+    ``{"prompt": ..., "completion": ...}`` (joined)."""
+    if isinstance(example, dict):
+        if "messages" in example:
+            return example["messages"]
+        if "prompt" in example and "completion" in example:
+            return list(example["prompt"]) + list(example["completion"])
+    return example
+
+
+def check_demonstration(index: int, example, tokenizer=None, max_length: int | None = None) -> None:
+    """Raise the ``InvalidDemonstration`` that describes what is wrong with one example."""
+    messages = as_messages(example)
+    if not isinstance(messages, list) or not messages:
+        raise InvalidDemonstration(index, "messages", "expected a non-empty list of "
+                                   "{'role', 'content'} dicts; build it like build_demonstrations does.")
+    expected = "user"  # after an optional system message, user and assistant take turns
+    for j, message in enumerate(messages):
+        where = f"messages[{j}]"
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise InvalidDemonstration(index, where, "a message needs a 'role' and a 'content'; "
+                                       "write it as {'role': 'user', 'content': '...'}.")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise WrongRole(index, f"{where}.role", f"{role!r} is not a role; use 'system', 'user' "
+                            "or 'assistant'.")
+        if role == "system":
+            if j != 0:
+                raise WrongRole(index, f"{where}.role", "a system message can only open the "
+                                "conversation; move it to the start or drop it.")
+        elif role != expected:
+            raise WrongRole(index, f"{where}.role", f"expected a {expected} turn here, since user "
+                            f"and assistant take turns; fix the order of the messages.")
+        else:
+            expected = "assistant" if role == "user" else "user"
+        if not isinstance(content, str) or not content.strip():
+            raise EmptyTurn(index, f"{where}.content", f"the {role} turn is empty; write its text "
+                            "or remove the message.")
+    if messages[-1]["role"] != "assistant":
+        raise NotEndingWithAssistant(index, f"messages[{len(messages) - 1}]", "the conversation "
+                                     f"ends with a {messages[-1]['role']} turn; end it with the "
+                                     "assistant's reply, or drop the unanswered turn.")
+    if tokenizer is not None and max_length is not None:
+        n_tokens = len(chat_ids(tokenizer, messages))
+        if n_tokens > max_length:
+            raise TooLong(index, "messages", f"{n_tokens} tokens is more than max_length="
+                          f"{max_length}; shorten the conversation, split it in two, or raise "
+                          "max_length (up to the model's context).")
+
+
+def validate_conversations(examples: list, tokenizer=None, max_length: int | None = None,
+                           drop_invalid: bool = False, verbose: bool = True) -> list:
+    """Check every example before training; return the ones that are kept.
+
+    With ``drop_invalid=False`` the first bad example raises its ``InvalidDemonstration``; with
+    ``True`` bad examples are dropped and counted by reason. Prints how many were kept and dropped.
+    Over-long examples are only found when ``tokenizer`` and ``max_length`` are given.
+    """
+    kept, dropped = [], {}
+    for index, example in enumerate(examples):
+        try:
+            check_demonstration(index, example, tokenizer, max_length)
+        except InvalidDemonstration as error:
+            if not drop_invalid:
+                raise
+            dropped[error.reason] = dropped.get(error.reason, 0) + 1
+            continue
+        kept.append(example)
+    if verbose:
+        detail = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+        print(f"Demonstrations: kept {len(kept)}, dropped {sum(dropped.values())}"
+              + (f" ({detail})." if detail else "."))
+    if not kept:
+        raise ValueError("No demonstration is left to train on: fix the examples listed above.")
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The loss mask and the SFT loss
+# ----------------------------------------------------------------------------------------------
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The conversation as the chat template writes it, e.g. ``<|user|>Hi<|end|><|assistant|>``."""
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``; the template already wrote every special token it needs."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the rendered conversation: what the model reads during SFT."""
+    return encode(tokenizer, render(tokenizer, messages))
+
+
+def loss_mask(tokenizer, messages: list[dict]) -> torch.Tensor:
+    """1 on every token the assistant wrote, 0 elsewhere: shape (T,), aligned with ``chat_ids``.
+
+    An assistant turn's tokens are the ones its message adds to the rendered conversation after
+    its role tag: from the first token of its words through its end-of-turn token (a model must
+    learn when to stop). System and user turns, role tags included, stay 0.
+    """
+    ids = chat_ids(tokenizer, messages)
+    mask = torch.zeros(len(ids), dtype=torch.long)  # (T,)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        # Tokens before the assistant's words: the earlier turns and its "<|assistant|>" tag.
+        before = encode(tokenizer, render(tokenizer, messages[:i], add_generation_prompt=True))
+        # Tokens up to the end of its turn.
+        through = encode(tokenizer, render(tokenizer, messages[: i + 1]))
+        if ids[: len(through)] != through or through[: len(before)] != before:
+            raise ValueError("This chat template does not render a conversation turn by turn, so "
+                             "the mask cannot be read off its prefixes; use the template's "
+                             "{% generation %} mask (return_assistant_tokens_mask=True) instead.")
+        mask[len(before) : len(through)] = 1
+    return mask
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next token, over the tokens where ``loss_mask`` is 1.
+
+    logits: (B, T, V); labels: (B, T), the conversation's token ids; loss_mask: (B, T). Position
+    t predicts token t+1, so the mask of the *predicted* token decides whether a prediction
+    counts. The mean is over all counted tokens of the batch (as TRL computes it), not per row.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2] or loss_mask.shape != labels.shape:
+        raise ValueError(f"Expected logits (B, T, V) and labels, loss_mask (B, T); got "
+                         f"{tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(loss_mask.shape)}.")
+    predictions = logits[:, :-1, :]  # (B, T-1, V): what each position says comes next
+    targets = labels[:, 1:]  # (B, T-1): what actually came next
+    weights = loss_mask[:, 1:].to(predictions.dtype)  # (B, T-1): 1 where that token is graded
+    nll = F.cross_entropy(predictions.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+    return (nll * weights).sum() / weights.sum().clamp(min=1)  # a batch with no graded token: 0
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Training with TRL's SFTTrainer
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_chat_template(model, tokenizer, verbose: bool = True) -> None:
+    """Make sure the tokenizer's chat template marks the assistant's tokens (changed in place).
+
+    The embedded tokenizer already does. A hub tokenizer whose template has no
+    ``{% generation %}`` markers gets TRL's patched version of its template when TRL knows it
+    (Qwen, Llama 3, Gemma, Phi...); one with no template, or an unknown one, gets the kit's
+    template and its turn tokens, and the model gets embeddings for those new tokens, which SFT
+    then trains.
+    """
+    template = tokenizer.chat_template
+    if template and has_generation_markers(template):
+        return
+    if template:
+        try:
+            tokenizer.chat_template = get_training_chat_template(tokenizer) or template
+            if verbose:
+                print("The tokenizer's chat template had no {% generation %} markers: "
+                      "using TRL's training version of it.")
+            return
+        except ValueError:  # a template TRL cannot patch
+            pass
+    added = tokenizer.add_special_tokens({"extra_special_tokens": [SYSTEM, USER, ASSISTANT, END]},
+                                         replace_extra_special_tokens=False)
+    if added:
+        model.resize_token_embeddings(len(tokenizer))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if verbose:
+        print(f"The tokenizer had no usable chat template: using the kit's, with {added} new "
+              "turn tokens whose embeddings SFT will train.")
+
+
+def trl_arguments(config: SFTConfig, output_dir: str, device: torch.device) -> trl.SFTConfig:
+    """The kit's config in TRL's terms, with the CPU-friendly choices the kit makes for you."""
+    return trl.SFTConfig(
+        output_dir=output_dir,  # nothing is saved there (save_strategy="no")
+        seed=config.seed,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.lr,  # TRL's default, 2e-5, is for big pretrained models
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup,  # a float below 1 is a share of the steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.grad_clip,
+        max_length=config.max_length,
+        assistant_only_loss=True,  # labels are -100 outside the {% generation %} markers
+        # TRL defaults to bf16 (which raises on a CPU without use_cpu=True, and is slow there) and
+        # to activation checkpointing (20 % slower; a small model does not need the memory).
+        bf16=preferred_dtype(device) == torch.bfloat16,
+        activation_checkpointing=False,
+        logging_steps=config.log_every,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # by default Trainer replaces a NaN loss in its logs
+        eval_strategy="steps" if config.n_eval else "no",
+        eval_steps=config.eval_every,
+        eval_on_start=bool(config.n_eval),  # the validation curve starts at step 0
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,  # the kit draws its own tqdm.auto bar (_Progress)
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",  # pinned memory only helps copies to a GPU
+    )
+
+
+class _CheckedSFTTrainer(trl.SFTTrainer):
+    """TRL's SFTTrainer that stops at the first non-finite training loss.
+
+    The check sits where the loss is computed, before ``backward``: Trainer's logs average the
+    loss over several steps and, by default, replace a NaN by earlier values, so a check on the
+    logs could come late or never.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not torch.isfinite(loss):
+            raise NonFiniteLoss(f"The SFT loss became {loss.item()} at step "
+                                f"{self.state.global_step + 1}: lower the learning rate and train again.")
+        return result
+
+
+class _Progress(TrainerCallback):
+    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
+
+    def __init__(self, progress: bool):
+        self.progress, self.history, self.bar, self.start = progress, [], None, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc="fine-tuning (SFT)", disable=not self.progress)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs, seconds = logs or {}, time.perf_counter() - self.start
+        if "loss" in logs:
+            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
+                                 "loss/train": logs["loss"], "lr": logs.get("learning_rate"),
+                                 "grad_norm": logs.get("grad_norm"),
+                                 "sft/token_accuracy": logs.get("mean_token_accuracy"),
+                                 "tokens": logs.get("num_tokens"), "seconds": seconds})
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        elif "eval_loss" in logs:
+            self.history.append({"step": state.global_step, "loss/eval": logs["eval_loss"],
+                                 "seconds": seconds})
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Hide the progress bars of ``datasets`` (TRL tokenizes with ``map``), then restore them."""
+    were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not were_disabled:
+            datasets.enable_progress_bars()
+
+
+def make_trainer(model, tokenizer, examples: list, config: SFTConfig, output_dir: str,
+                 eval_examples: list | None = None, progress: bool = True) -> trl.SFTTrainer:
+    """An ``SFTTrainer`` ready to ``train()``: the data is already validated (see ``train_sft``)."""
+    train = datasets.Dataset.from_list(_as_records(examples))
+    evaluation = datasets.Dataset.from_list(_as_records(eval_examples)) if eval_examples else None
+    if evaluation is None:
+        config = SFTConfig(**{**asdict(config), "n_eval": 0})
+    with _quiet_datasets():
+        trainer = _CheckedSFTTrainer(
+            model=model,
+            args=trl_arguments(config, output_dir, model.device),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            callbacks=[_Progress(progress)],
+        )
+    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    return trainer
+
+
+def _as_records(examples: list) -> list[dict]:
+    """Examples as dataset rows: conversations become ``{"messages": ...}``."""
+    return [example if isinstance(example, dict) else {"messages": example} for example in examples]
+
+
+def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
+              eval_examples: list | None = None, progress: bool = True,
+              drop_invalid: bool = False) -> list[dict]:
+    """Fine-tune ``model`` on demonstrations with TRL; returns the history of metric dicts.
+
+    ``examples`` are conversations (lists of messages, or ``{"messages": ...}``) or single-turn
+    ``{"prompt": ..., "completion": ...}`` examples. Raises ``InvalidDemonstration`` for a bad
+    example (unless ``drop_invalid``) and ``NonFiniteLoss`` if the loss stops being finite.
+    """
+    config = config or SFTConfig()
+    seed_everything(config.seed)
+    # 1. a chat template that marks the assistant's tokens
+    prepare_chat_template(model, tokenizer, verbose=progress)
+    context = model_context(model)
+    if context and config.max_length > context:
+        config = SFTConfig(**{**asdict(config), "max_length": context})
+    # 2. validation: every example is a well-formed conversation that fits the context
+    examples = validate_conversations(examples, tokenizer, config.max_length, drop_invalid, verbose=progress)
+    if eval_examples:
+        eval_examples = validate_conversations(eval_examples, tokenizer, config.max_length,
+                                               drop_invalid=True, verbose=False)
+    # 3. TRL tokenizes, masks (labels = -100 outside the assistant's turns), pads and trains
+    with tempfile.TemporaryDirectory(prefix="rlhf-kit-sft-") as output_dir:
+        trainer = make_trainer(model, tokenizer, examples, config, output_dir, eval_examples, progress)
+        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
+        try:
+            with _quiet_datasets():
+                trainer.train()
+        finally:
+            callback.close()
+            # TRL patched model.forward with a fused loss head; generation and saving use the original.
+            model.__dict__.pop("forward", None)
+    model.eval()
+    return callback.history
+
+
+def model_context(model) -> int | None:
+    """How many tokens the model can read at once (None when its config does not say)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def demonstrations_for(world: World, config: SFTConfig, tokenizer=None, model=None) -> list:
+    """The training examples a configuration asks for: multi-turn conversations or single turns.
+
+    With a ``tokenizer`` (and a ``model`` for its context) conversations are fitted to
+    ``config.max_length``; the single-turn set is cut from the same fitted conversations.
+    """
+    max_length = min(config.max_length, (model_context(model) if model is not None else None)
+                     or config.max_length)
+    conversations = build_demonstrations(world, config.n_conversations, "sft", config.max_exchanges,
+                                         config.system_share, config.seed, tokenizer, max_length)
+    return conversations if config.multi_turn else to_single_turn(conversations)
+
+
+def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = EMBEDDED,
+              progress: bool = True) -> dict:
+    """Base model -> demonstrations -> SFT -> ``save_pretrained`` into ``out_dir``.
+
+    ``base`` is ``"embedded"`` (its base stage is built first if it is missing), a model folder,
+    or a hub id. Returns the metadata (configuration, data size, final loss, run time).
+    """
+    config = config or SFTConfig()
+    started = time.perf_counter()
+    base_dir = ensure_stage("base") if base == EMBEDDED else Path(base)
+    model = load_model(base_dir)
+    tokenizer = load_tokenizer(base_dir)
+    # The demonstrations must come from the world the base model read about.
+    world = World(seed=read_metadata(base_dir).get("seed", 0))
+    examples = demonstrations_for(world, config, tokenizer, model)
+    max_length = min(config.max_length, model_context(model) or config.max_length)
+    eval_examples = build_demonstrations(world, config.n_eval, "heldout", config.max_exchanges,
+                                         config.system_share, config.seed + 1, tokenizer, max_length)
+    history = train_sft(model, tokenizer, examples, config, eval_examples, progress)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    train = [h for h in history if "loss/train" in h]
+    evals = [h for h in history if "loss/eval" in h]
+    return {
+        "config": asdict(config),
+        "seed": world.seed,  # the world's seed, as in the base model's metadata
+        "base": str(base_dir),
+        "examples": len(examples),
+        "final_loss": train[-1]["loss/train"],
+        "final_eval_loss": evals[-1]["loss/eval"] if evals else None,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Evaluation: does it answer, and does it keep the chat format?
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatReport:
+    """The scoreboard's rates on chat prompts, and the share of replies in the chat format."""
+
+    report: Report
+    format_rate: float
+    formats: list[bool]
+
+    def row(self) -> dict:
+        return {**self.report.row(), "format rate": self.format_rate}
+
+
+def kept_chat_format(generation: Generation, tokenizer) -> list[bool]:
+    """For each completion: is it one non-empty turn, closed by the end-of-turn token?
+
+    A completion fails when it runs out of tokens, stops on ``<|endoftext|>`` instead, or writes
+    another special token (such as ``<|user|>``: the model playing the user).
+    """
+    end = end_of_turn_id(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    kept = []
+    for ids, mask in zip(generation.completion_ids, generation.completion_mask):
+        ids = ids[mask.bool()].tolist()  # the generated tokens of this row
+        words = ids[:-1]
+        kept.append(len(ids) >= 2 and ids[-1] == end and not special.intersection(words))
+    return kept
+
+
+def evaluate_chat(model, tokenizer, world: World, dialogues: list[tuple[list[dict], Question]],
+                  name: str = "model", temperature: float = 1.0, top_p: float = 1.0,
+                  max_new_tokens: int = 24, seed: int = 0) -> ChatReport:
+    """Reply to each dialogue's last question through the chat template; judge and check format.
+
+    ``dialogues`` come from ``heldout_dialogues`` (multi-turn) or ``single_questions``. Sampling
+    settings default to those of ``evaluate.fault_rates``, so the numbers compare with lesson 1's.
+    """
+    prompts = [render(tokenizer, messages, add_generation_prompt=True) for messages, _ in dialogues]
+    context = model_context(model)
+    if context:  # a position past the context has no embedding: keep every reply inside it
+        longest = max(len(encode(tokenizer, p)) for p in prompts)
+        if longest >= context:
+            raise ValueError(f"A dialogue of {longest} tokens leaves no room for a reply in the "
+                             f"model's context of {context}: use shorter dialogues.")
+        max_new_tokens = min(max_new_tokens, context - longest)
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, seed=seed)
+    replies = [first_line(c) for c in out.completions]
+    report = judge_replies(world, [q for _, q in dialogues], replies, name)
+    formats = kept_chat_format(out, tokenizer)
+    return ChatReport(report, sum(formats) / len(formats), formats)

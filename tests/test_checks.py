@@ -1,0 +1,385 @@
+"""Exercise checks: right answers pass, typical wrong answers are named, any other difference is
+explained in one sentence that points at the input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhf_kit.checks import (
+    EXERCISES,
+    NEXT_TOKEN_LOSS,
+    P_MARGIN,
+    SOFTMAX_WITH_TEMPERATURE,
+    TOP_P_FILTER,
+    CheckFailed,
+    Exercise,
+    Mistake,
+    check_next_token_loss,
+    check_softmax_with_temperature,
+    check_top_p_filter,
+    first_difference,
+)
+from rlhf_kit.pretrain import next_token_loss
+from rlhf_kit.sampling import softmax_with_temperature, top_p_filter
+
+# ----------------------------------------------------------------------------------------------
+# Right answers pass, the kit's own and ones written differently
+# ----------------------------------------------------------------------------------------------
+
+
+# Tests that every registered exercise must pass (later lessons add theirs to EXERCISES) walk
+# through the registry; the lesson 1 checks are also tested one by one.
+LESSON_1 = [SOFTMAX_WITH_TEMPERATURE, TOP_P_FILTER, NEXT_TOKEN_LOSS]
+
+
+@pytest.mark.parametrize("exercise", EXERCISES.values(), ids=lambda e: e.name)
+def test_the_reference_passes_with_one_line(exercise, capsys):
+    exercise.check(exercise.reference_function())
+    assert capsys.readouterr().out == (f"✓ {exercise.name} matches the reference on "
+                                       f"{exercise.trials} random inputs.\n")
+
+
+def softmax_log_sum_exp(z, t):
+    """Right, by another route: log-probabilities through logsumexp, then exp."""
+    scaled = z / t
+    return torch.exp(scaled - torch.logsumexp(scaled, dim=-1, keepdim=True))
+
+
+def top_p_ascending(logits, p):
+    """Right, the way Hugging Face writes it: sort ascending, drop the tail that sums to <= 1 - p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1)  # least likely first
+    tail_mass = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = tail_mass <= 1 - p
+    remove_sorted[..., -1] = False  # the most likely token always stays
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return torch.where(remove, torch.full_like(logits, float("-inf")), logits)
+
+
+def top_p_row_by_row(logits, p):
+    """Right, slowly: one row at a time in plain Python, as a learner might write it first."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = flat.clone()
+    for row, result in zip(flat, out):
+        probs = torch.softmax(row, dim=-1)
+        total = 0.0
+        for i in torch.argsort(row, descending=True).tolist():
+            if total >= p:
+                result[i] = float("-inf")
+            total += probs[i].item()
+    return out.reshape(logits.shape)
+
+
+def loss_with_cross_entropy(logits, input_ids):
+    """Right, with the class dimension moved where F.cross_entropy expects it."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:])
+
+
+@pytest.mark.parametrize("check, fn", [
+    (check_softmax_with_temperature, softmax_log_sum_exp),
+    (check_top_p_filter, top_p_ascending),
+    (check_top_p_filter, top_p_row_by_row),
+    (check_next_token_loss, loss_with_cross_entropy),
+], ids=["softmax-logsumexp", "top-p-ascending", "top-p-loop", "loss-cross-entropy"])
+def test_correct_alternatives_pass(check, fn, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Typical wrong answers are named, each with its own sentence
+# ----------------------------------------------------------------------------------------------
+
+ALL_MISTAKES = [(exercise, mistake, wrong) for exercise in EXERCISES.values()
+                for mistake in exercise.mistakes for wrong in mistake.implementations]
+
+
+@pytest.mark.parametrize("exercise, mistake, wrong", ALL_MISTAKES,
+                         ids=[wrong.__name__.strip("_") for _, _, wrong in ALL_MISTAKES])
+def test_every_listed_mistake_gets_its_own_message(exercise, mistake, wrong):
+    """The first matching mistake wins, so this also shows that no mistake hides a later one."""
+    with pytest.raises(CheckFailed) as failed:
+        exercise.check(wrong)
+    assert str(failed.value) == mistake.message
+
+
+def test_mistake_messages_are_distinct_sentences_naming_the_function():
+    messages = [m.message for e in EXERCISES.values() for m in e.mistakes]
+    assert len(set(messages)) == len(messages)
+    for exercise in EXERCISES.values():
+        for mistake in exercise.mistakes:
+            assert mistake.message.startswith(exercise.name + " ") and mistake.message.endswith(".")
+
+
+# The same mistakes as a learner might write them, independently of the implementations the
+# checks list: the diagnosis must not depend on the exact code.
+
+def _sorted(logits):
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    return sorted_logits, order, sorted_logits.softmax(dim=-1)
+
+
+def _filtered(logits, order, remove_sorted, fill=float("-inf")):
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, fill)
+
+
+def learner_top_p_too_few(logits, p):
+    _, order, probs = _sorted(logits)
+    keep = probs.cumsum(dim=-1) <= p  # keeps only what stays within p
+    keep[..., 0] = True
+    return _filtered(logits, order, ~keep)
+
+
+def learner_top_p_drops_top(logits, p):
+    _, order, probs = _sorted(logits)
+    return _filtered(logits, order, probs.cumsum(dim=-1) > p)
+
+
+def learner_top_p_too_many(logits, p):
+    _, order, probs = _sorted(logits)
+    remove = (probs.cumsum(dim=-1) - probs) > p
+    remove[..., 1:] = remove[..., :-1].clone()  # the classic shift, once too often
+    remove[..., 0] = False
+    return _filtered(logits, order, remove)
+
+
+def learner_top_p_probabilities(logits, p):
+    _, order, probs = _sorted(logits)
+    remove = (probs.cumsum(dim=-1) - probs) >= p
+    kept = torch.softmax(logits, dim=-1) * ~torch.zeros_like(remove).scatter(-1, order, remove)
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def learner_top_p_sorted(logits, p):
+    sorted_logits, _, probs = _sorted(logits)
+    return sorted_logits.masked_fill((probs.cumsum(dim=-1) - probs) >= p, float("-inf"))
+
+
+def learner_top_p_zero(logits, p):
+    _, order, probs = _sorted(logits)
+    return _filtered(logits, order, (probs.cumsum(dim=-1) - probs) >= p, fill=0.0)
+
+
+def learner_top_p_unsorted(logits, p):
+    probs = logits.softmax(dim=-1)
+    return logits.masked_fill(probs.cumsum(dim=-1) - probs >= p, float("-inf"))
+
+
+def learner_softmax_without_keepdim(logits, temperature):
+    scaled = logits / temperature
+    weights = (scaled - scaled.amax(dim=-1, keepdim=True)).exp()
+    return weights / weights.sum(dim=-1)  # (..., V) / (...,): broadcasts along the wrong axis
+
+
+def learner_loss_no_shift(logits, input_ids):
+    return F.cross_entropy(logits.transpose(1, 2), input_ids)
+
+
+def learner_loss_backwards(logits, input_ids):
+    logprobs = logits[:, 1:].log_softmax(dim=-1)
+    return -logprobs.gather(-1, input_ids[:, :-1, None]).mean()
+
+
+def learner_loss_sum(logits, input_ids):
+    logprobs = logits[:, :-1].log_softmax(dim=-1)
+    return -logprobs.gather(-1, input_ids[:, 1:, None]).sum()
+
+
+def learner_loss_raw(logits, input_ids):
+    return -logits[:, :-1].gather(-1, input_ids[:, 1:, None]).mean()
+
+
+LEARNER_MISTAKES = [
+    (check_softmax_with_temperature,
+     lambda z, t: torch.exp(z - z.amax(-1, keepdim=True)) / torch.exp(z - z.amax(-1, keepdim=True)).sum(-1, keepdim=True),
+     "ignores the temperature"),
+    (check_softmax_with_temperature, lambda z, t: F.softmax(z * t, dim=-1), "multiplies the logits by the temperature"),
+    (check_softmax_with_temperature, lambda z, t: F.softmax(z / t, dim=0), "normalises over the wrong dimension"),
+    (check_softmax_with_temperature, lambda z, t: (z / t).exp() / (z / t).exp().sum(-1, keepdim=True), "overflows"),
+    (check_softmax_with_temperature, learner_softmax_without_keepdim, "lost their last dimension"),
+    (check_top_p_filter, learner_top_p_too_few, "keeps one token too few"),
+    (check_top_p_filter, learner_top_p_drops_top, "removes the most likely token"),
+    (check_top_p_filter, learner_top_p_too_many, "keeps one token too many"),
+    (check_top_p_filter, learner_top_p_unsorted, "in vocabulary order"),
+    (check_top_p_filter, learner_top_p_sorted, "in sorted order"),
+    (check_top_p_filter, learner_top_p_probabilities, "returns probabilities, not logits"),
+    (check_top_p_filter, learner_top_p_zero, "sets the removed logits to 0"),
+    (check_next_token_loss, learner_loss_no_shift, "(no shift)"),
+    (check_next_token_loss, learner_loss_backwards, "shifts the wrong way"),
+    (check_next_token_loss, learner_loss_sum, "adds up the per-token losses"),
+    (check_next_token_loss, learner_loss_raw, "raw logits"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", LEARNER_MISTAKES, ids=[p for _, _, p in LEARNER_MISTAKES])
+def test_mistakes_written_by_a_learner_are_recognised(check, wrong, phrase):
+    with pytest.raises(CheckFailed) as failed:
+        check(wrong)
+    assert phrase in str(failed.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Any other difference: the first one, in one sentence, with the input that shows it
+# ----------------------------------------------------------------------------------------------
+
+
+def fails_with(check, fn) -> str:
+    with pytest.raises(CheckFailed) as failed:
+        check(fn)
+    message = str(failed.value)
+    assert "\n" not in message
+    return message
+
+
+def test_returning_nothing_or_not_a_tensor():
+    message = fails_with(check_softmax_with_temperature, lambda z, t: None)
+    assert message.startswith("softmax_with_temperature returned None on random input 1 of 20 (logits of shape")
+    assert "`return`" in message
+    message = fails_with(check_softmax_with_temperature, lambda z, t: softmax_with_temperature(z, t).tolist())
+    assert "returned a list of length" in message and "where the reference returns a torch.Tensor" in message
+    message = fails_with(check_next_token_loss, lambda z, ids: next_token_loss(z, ids).item())
+    assert "returned a float" in message and ".item()" in message
+
+
+def test_shape_and_dtype_are_named():
+    message = fails_with(check_next_token_loss, lambda z, ids: next_token_loss(z, ids).reshape(1))
+    assert "returned a tensor of shape (1,)" in message
+    assert "where the reference returns shape () (a single number)" in message
+    message = fails_with(check_softmax_with_temperature, lambda z, t: softmax_with_temperature(z, t).double())
+    assert "returned dtype torch.float64" in message and "returns torch.float32" in message
+
+
+def test_values_name_the_index_the_numbers_and_the_input():
+    """Wrong on the one-token edge case only: the report points at that input, which runs late."""
+    def wrong_for_one_token(z, t):
+        return torch.zeros_like(z) if z.shape[-1] == 1 else softmax_with_temperature(z, t)
+
+    message = fails_with(check_softmax_with_temperature, wrong_for_one_token)
+    number = 1 + next(i for i, x in enumerate(SOFTMAX_WITH_TEMPERATURE.inputs()) if x["logits"].shape[-1] == 1)
+    assert number > 10  # edge cases come after the typical inputs
+    assert message == (f"softmax_with_temperature returned 0 at index (0, 0) on random input {number} "
+                       "of 20 (logits of shape (3, 1), temperature=0.7), where the reference "
+                       "returns 1 (3 of 3 values differ).")
+
+
+def test_close_numbers_are_shown_with_enough_digits():
+    """Off by 0.03 %: four significant digits would print -1 twice; the message uses more."""
+    negate = Exercise(name="negate", reference="torch:neg", draw=lambda g: {"x": torch.ones(2)}, trials=1)
+    with pytest.raises(CheckFailed) as failed:
+        negate.check(lambda x: -x * 1.0003)
+    assert str(failed.value) == ("negate returned -1.0003 at index 0 on random input 1 of 1 (x of shape "
+                                 "(2,)), where the reference returns -1 (2 of 2 values differ).")
+
+
+def test_an_error_in_the_learners_function_is_reported_with_its_input():
+    def broken(z, t):
+        raise ValueError("my own bug")
+
+    with pytest.raises(CheckFailed) as failed:
+        check_softmax_with_temperature(broken)
+    assert str(failed.value).startswith("softmax_with_temperature raised ValueError on random input 1 of 20 (")
+    assert str(failed.value).endswith(": my own bug")
+    assert isinstance(failed.value.__cause__, ValueError)
+    # In a notebook the learner sees their own frame and the sentence, not the checker's code.
+    shown = "\n".join(failed.value._render_traceback_())
+    assert "in broken" in shown and "rlhf_kit/checks.py" not in shown and "CheckFailed" in shown
+
+
+def test_changing_the_input_in_place_is_reported():
+    def in_place(logits, p):
+        filtered = top_p_filter(logits, p)
+        logits.copy_(filtered)
+        return logits
+
+    message = fails_with(check_top_p_filter, in_place)
+    assert "changed its input logits in place on random input 1 of 20" in message
+    assert "masked_fill" in message
+
+
+def test_not_started_passes_through_and_a_call_is_not_a_function():
+    def todo(logits, temperature):
+        raise NotImplementedError("Hint: divide by the temperature.")
+
+    with pytest.raises(NotImplementedError, match="Hint: divide"):
+        check_softmax_with_temperature(todo)
+    message = fails_with(check_softmax_with_temperature, torch.zeros(3))
+    assert "pass softmax_with_temperature without parentheses" in message
+
+
+def test_a_message_is_the_only_line_ipython_shows():
+    assert CheckFailed("top_p_filter differs.")._render_traceback_() == [
+        "\x1b[0;31mCheckFailed\x1b[0m: top_p_filter differs."]
+
+
+def test_tuples_are_compared_element_by_element():
+    """Later lessons return tuples (GAE: advantages, returns); the first differing element is named."""
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    assert first_difference((a, b), (a, b.clone()), 1e-4, 1e-5) is None
+    found = first_difference((a, b), (a, b * 2), 1e-4, 1e-5)
+    assert "element 1 of what it returns" in found and "at index (0, 0)" in found
+    assert first_difference((a, b), a, 1e-4, 1e-5) == (
+        "returned a torch.Tensor {where}, where the reference returns a tuple of length 2")
+
+
+def test_a_new_exercise_is_a_declaration():
+    """What later lessons do: declare inputs, edge cases and mistakes; the checking is shared."""
+    negate = Exercise(
+        name="negate", reference="torch:neg",  # any importable function serves as a reference
+        draw=lambda g: {"x": torch.randn(3, generator=g)},
+        edge_cases=lambda: [{"x": torch.zeros(2)}],
+        mistakes=(Mistake("negate forgot the minus sign.", lambda x: x),),
+        trials=5,
+    )
+    assert len(negate.inputs()) == 5
+    with pytest.raises(CheckFailed, match="^negate forgot the minus sign.$"):
+        negate.check(lambda x: x.clone())
+    with pytest.raises(CheckFailed, match=r"^negate returned 0 at index 0 on random input 1 of 5 \(x of shape \(3,\)\)"):
+        negate.check(lambda x: torch.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# The inputs: seeded, varied, and with the edge cases each exercise needs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exercise", EXERCISES.values(), ids=lambda e: e.name)
+def test_inputs_are_seeded(exercise):
+    def same(a, b):
+        return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+                   for x, y in zip(a.values(), b.values()))
+
+    first, again, other = exercise.inputs(0), exercise.inputs(0), exercise.inputs(1)
+    assert len(first) == exercise.trials
+    assert [e.trials for e in LESSON_1] == [20, 20, 20]
+    assert all(same(a, b) for a, b in zip(first, again))
+    assert not all(same(a, b) for a, b in zip(first, other))
+
+
+def test_softmax_inputs_cover_every_rank_and_the_edge_cases():
+    inputs = SOFTMAX_WITH_TEMPERATURE.inputs()
+    assert {x["logits"].dim() for x in inputs} == {1, 2, 3}
+    assert any(x["logits"].shape[-1] == 1 for x in inputs)
+    assert any(x["logits"].abs().max() / x["temperature"] > 88 for x in inputs)  # exp overflows
+    assert 1.0 not in {x["temperature"] for x in inputs}  # T = 1 would hide a forgotten T
+
+
+def test_top_p_inputs_stay_clear_of_ties_and_include_the_edges():
+    inputs = TOP_P_FILTER.inputs()
+    for x in inputs:
+        if x["p"] < 1:
+            probs = torch.softmax(x["logits"].double(), -1).sort(-1, descending=True).values
+            assert ((probs.cumsum(-1)[..., :-1] - x["p"]).abs() > P_MARGIN).all()
+    assert {x["logits"].dim() for x in inputs} == {1, 2, 3}
+    assert any(x["p"] == 1.0 for x in inputs) and any(x["logits"].shape[-1] == 1 for x in inputs)
+    top = [x for x in inputs if (torch.softmax(x["logits"], -1).amax(-1) > x["p"]).any()]
+    assert top  # the most likely token alone is past p somewhere
+
+
+def test_loss_inputs_include_the_shortest_text():
+    inputs = NEXT_TOKEN_LOSS.inputs()
+    assert min(x["logits"].shape[1] for x in inputs) == 2
+    assert all(x["input_ids"].shape == x["logits"].shape[:2] for x in inputs)
