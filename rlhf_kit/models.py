@@ -28,6 +28,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from transformers.utils import logging as hf_logging
+
 from .runtime import pick_device
 
 EMBEDDED = "embedded"
@@ -105,12 +107,19 @@ def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "
     path = resolve(source, stage)
     device = pick_device() if device is None else torch.device(device)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    if kind == "causal":
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    elif kind == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = model.config.eos_token_id
+    # transformers draws a "Loading weights" bar on stderr; for a model of a few MB it is noise.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        if kind == "causal":
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = model.config.eos_token_id
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 

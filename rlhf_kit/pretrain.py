@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .models import count_parameters, new_gpt
-from .runtime import seed_everything
+from .runtime import NonFiniteLoss, seed_everything
 from .tokenizer import EOS, train_tokenizer
 from .world import World
 
@@ -42,19 +42,15 @@ class PretrainConfig:
     n_layer: int = 4  # transformer blocks (2 - 12)
     n_embd: int = 128  # width (64 - 768); a multiple of n_head
     n_head: int = 4  # attention heads (1 - 12)
-    block_size: int = 64  # tokens of context per example (32 - 1024); documents are short
-    batch_size: int = 64  # examples per step (8 - 128)
-    steps: int = 360  # optimiser steps (100 - 5000); 360 x 64 x 64 = 1.5M tokens
+    block_size: int = 128  # tokens of context (64 - 1024): room for a multi-turn chat later
+    batch_size: int = 32  # examples per step (8 - 128)
+    steps: int = 360  # optimiser steps (100 - 5000); 360 x 32 x 128 = 1.5M tokens
     lr: float = 4e-3  # peak learning rate (1e-4 - 6e-3), reached after warmup, then cosine decay
     warmup: int = 30  # linear warmup steps
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.1  # AdamW decay on matrices (0 - 0.1)
     grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
     log_every: int = 10  # steps between history entries
-
-
-class NonFiniteLoss(FloatingPointError):
-    """Training produced a NaN or infinite loss; it stops instead of carrying on silently."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ MODEL_ENV = "RLHF_KIT_MODEL"
 a local folder, or a Hugging Face hub id such as ``gpt2``."""
 
 
+class NonFiniteLoss(FloatingPointError):
+    """Training produced a NaN or infinite loss. Every stage stops on it instead of carrying on."""
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed every random number generator the course uses and return a torch generator.
 

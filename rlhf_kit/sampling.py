@@ -127,6 +127,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
                          device=device)
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    max_new_tokens = _fit_context(model, enc.input_ids.shape[1], max_new_tokens)
     attention_mask = enc.attention_mask  # (B, P)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     out = model(input_ids=enc.input_ids, attention_mask=attention_mask,
@@ -152,6 +153,24 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
     texts = [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
              for ids, mask in zip(completion_ids, completion_mask)]
     return Generation(list(prompts), texts, enc.input_ids, completion_ids, completion_mask)
+
+
+def context_length(model) -> int | None:
+    """How many positions the model can read (``n_positions`` for GPT-2, else the config's max)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def _fit_context(model, prompt_length: int, max_new_tokens: int) -> int:
+    """Shorten ``max_new_tokens`` so prompt + completion fit the model's context; refuse a prompt
+    that fills it already (a GPT-2 has no position embedding past its context)."""
+    limit = context_length(model)
+    if limit is None:
+        return max_new_tokens
+    if prompt_length >= limit:
+        raise ValueError(f"The longest prompt is {prompt_length} tokens but this model reads at most {limit}: "
+                         "shorten the prompt (for example fewer turns or few-shot examples).")
+    return min(max_new_tokens, limit - prompt_length)
 
 
 def _concat(parts: list[Generation], pad_id: int) -> Generation:

@@ -35,16 +35,19 @@ SPECIAL_TOKENS = (EOS, SYSTEM, USER, ASSISTANT, END)
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}\n"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
     "{%- elif message['role'] in ['system', 'user'] -%}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>\n"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
     "{%- else -%}"
     "{{ raise_exception('Unknown role ' ~ message['role'] ~ ': use system, user or assistant.') }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
-"""One turn per line: ``<|user|>Where does Alice live?<|end|>`` then ``<|assistant|>...``."""
+"""Turns back to back: ``<|user|>Where does Alice live?<|end|><|assistant|>Alice lives in ...<|end|>``.
+
+The ``{%-`` / ``-%}`` whitespace control strips the template's own line breaks, so nothing but the
+turn tokens separates the turns: every token of a conversation is either a turn marker or text."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -80,9 +83,16 @@ def wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+END_OF_TURN_TOKENS = (END, "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+"""The kit's end-of-turn token, then those of common hub chat templates (ChatML as in SmolLM2 and
+Qwen, Llama 3, Gemma), so that generation stops where a hub model's turn ends."""
+
+
 def end_of_turn_id(tokenizer) -> int:
-    """The id of the token that ends an assistant's turn (``<|end|>``, or EOS for hub models)."""
-    tid = tokenizer.convert_tokens_to_ids(END)
-    if tid is None or tid == tokenizer.unk_token_id:
-        return tokenizer.eos_token_id
-    return tid
+    """The id of the token that ends an assistant's turn: the first of END_OF_TURN_TOKENS that the
+    tokenizer has as a single token, else its EOS."""
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab:
+            return vocab[token]
+    return tokenizer.eos_token_id

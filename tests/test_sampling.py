@@ -93,3 +93,35 @@ def test_next_token_distribution_is_a_distribution(tiny):
     top = next_token_distribution(model, tokenizer, "Alice lives in", top=len(tokenizer))
     assert abs(sum(p for _, p in top) - 1.0) < 1e-4
     assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+
+
+def test_generation_never_runs_past_the_context(tiny):
+    model, tokenizer = tiny
+    limit = model.config.n_positions
+    long_prompt = "Alice lives in Brookfield. " * 200
+    ids = tokenizer(long_prompt, add_special_tokens=False).input_ids
+    fits = tokenizer.decode(ids[: limit - 3])
+    out = generate(model, tokenizer, [fits], max_new_tokens=50, seed=0, stop_ids=[])
+    assert out.completion_ids.shape[1] <= 3
+    with pytest.raises(ValueError, match="reads at most"):
+        generate(model, tokenizer, [long_prompt], max_new_tokens=5)
+
+
+def test_end_of_turn_token_of_hub_chat_templates(tiny):
+    from rlhf_kit.tokenizer import end_of_turn_id
+
+    _, tokenizer = tiny
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == "<|end|>"
+
+    class Fake:
+        eos_token_id = 7
+
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    assert end_of_turn_id(Fake({"<|im_end|>": 3})) == 3
+    assert end_of_turn_id(Fake({"<|eot_id|>": 9, "hello": 1})) == 9
+    assert end_of_turn_id(Fake({"hello": 1})) == 7
