@@ -58,3 +58,14 @@ def test_the_parser_sees_a_drift():
     assert _split("trl>=1.16,<2") == ("trl", ">=1.16,<2")
     assert _split("pytorch-cpu >=2.4, <3") == ("torch", ">=2.4,<3")
     assert _split("trl>=1.17,<2") != _split("trl>=1.16,<2")
+
+
+def test_readme_commands_are_what_ci_runs():
+    """README's set-up commands are the ones CI exercises: .ci/run, ending in the suite's command."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    assert "bash .ci/run" in blocks[1], "the second README command must run the tests through .ci/run"
+    assert "jupyter lab course/00_start_here.ipynb" in blocks[0]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == "python -m pytest" and "`python -m pytest`" in readme
+    assert "torch==2.13.0" in (ROOT / ".ci" / "run").read_text()  # the CPU build, installed first
