@@ -40,9 +40,11 @@ Builder = Callable[[Path], dict]
 
 
 def _builders() -> dict[str, Builder]:
-    from . import pretrain, sft
+    from . import ppo, pretrain, reward, sft
 
-    builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft}
+    builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft,
+                                    "reward": reward.build_reward}
+    builders["ppo"] = ppo.build_ppo
     return builders
 
 

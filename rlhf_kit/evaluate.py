@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .sampling import generate
+from .sampling import Generation, context_length, generate
+from .tokenizer import end_of_turn_id
 from .world import Judgement, Question, World
 
 PLAIN, CHAT = "plain", "chat"
@@ -100,3 +101,68 @@ def fault_rates(model, tokenizer, world: World, questions: list[Question], sampl
     out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                    temperature=temperature, top_p=top_p, seed=seed)
     return judge_replies(world, asked, [first_line(c) for c in out.completions], name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat models: replies in conversations, and whether they keep the chat format
+# ----------------------------------------------------------------------------------------------
+#
+# From lesson 2 on, models are asked through their chat template, and a conversation may hold
+# earlier turns. Two things are measured: the scoreboard's rates on the reply to the last
+# question, and the share of replies that are one clean assistant turn.
+
+
+@dataclass
+class ChatReport:
+    """The scoreboard's rates on chat prompts, and the share of replies in the chat format."""
+
+    report: Report
+    format_rate: float
+    formats: list[bool]
+
+    def row(self) -> dict:
+        return {**self.report.row(), "format rate": self.format_rate}
+
+
+def kept_chat_format(generation: Generation, tokenizer) -> list[bool]:
+    """For each completion: is it one non-empty turn, closed by the end-of-turn token?
+
+    A completion fails when it runs out of tokens, stops on ``<|endoftext|>`` instead, or writes
+    another special token (such as ``<|user|>``: the model playing the user).
+    """
+    end = end_of_turn_id(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    kept = []
+    for ids, mask in zip(generation.completion_ids, generation.completion_mask):
+        ids = ids[mask.bool()].tolist()  # the generated tokens of this row
+        words = ids[:-1]
+        kept.append(len(ids) >= 2 and ids[-1] == end and not special.intersection(words))
+    return kept
+
+
+def evaluate_chat(model, tokenizer, world: World, dialogues: list[tuple[list[dict], Question]],
+                  samples_per_question: int = 1, name: str = "model", temperature: float = 1.0,
+                  top_p: float = 1.0, max_new_tokens: int = 24, seed: int = 0) -> ChatReport:
+    """Reply to each dialogue's last question through the chat template; judge and check format.
+
+    ``dialogues`` are ``(messages, question)`` pairs whose messages end with the user's question
+    (``sft.heldout_dialogues`` for multi-turn ones, ``sft.single_questions`` for one turn). The
+    sampling settings are those of ``fault_rates``: on one-turn dialogues the report equals
+    ``fault_rates(..., style="chat")`` with the same ``samples_per_question`` and ``seed``.
+    """
+    asked = [d for d in dialogues for _ in range(samples_per_question)]
+    prompts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+               for messages, _ in asked]
+    context = context_length(model)
+    if context:  # every reply gets the same room, whichever batch its prompt falls in
+        longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+        if longest >= context:
+            raise ValueError(f"A dialogue of {longest} tokens leaves no room for a reply in the "
+                             f"model's context of {context}: use shorter dialogues.")
+        max_new_tokens = min(max_new_tokens, context - longest)
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_p=top_p, seed=seed)
+    replies = [first_line(c) for c in out.completions]
+    report = judge_replies(world, [q for _, q in asked], replies, name)
+    formats = kept_chat_format(out, tokenizer)
+    return ChatReport(report, sum(formats) / len(formats), formats)

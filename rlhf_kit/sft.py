@@ -26,10 +26,13 @@ artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.
 from __future__ import annotations
 
 import contextlib
+import html
+import math
 import random
+import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -41,12 +44,12 @@ from transformers import PrinterCallback, TrainerCallback
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from .artifacts import ensure_stage, read_metadata
-from .evaluate import Report, first_line, judge_replies
+from .evaluate import ChatReport, evaluate_chat, kept_chat_format  # noqa: F401 (the lesson's evaluation)
 from .models import EMBEDDED, load_model, load_tokenizer
-from .runtime import preferred_dtype, seed_everything
-from .sampling import Generation, generate
-from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER, end_of_turn_id
-from .world import Question, World
+from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
+from .sampling import context_length
+from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER
+from .world import PEOPLE, QUESTIONS, Question, World
 
 ROLES = ("system", "user", "assistant")
 
@@ -65,8 +68,8 @@ class SFTConfig:
     system_share: float = 0.3  # share of conversations that open with a system message (0 - 1)
     multi_turn: bool = True  # False: train on the single-turn prompt->completion set instead
     epochs: float = 3.0  # passes over the demonstrations (1 - 10)
-    batch_size: int = 16  # conversations per optimiser step (4 - 64)
-    lr: float = 5e-4  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
+    batch_size: int = 8  # conversations per optimiser step (4 - 64); small batches, more updates
+    lr: float = 2e-3  # peak learning rate (1e-5 for big hub models - 2e-3 for the embedded one)
     warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
     weight_decay: float = 0.0  # AdamW decay (0 - 0.1); the run is too short to need it
     grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
@@ -76,22 +79,37 @@ class SFTConfig:
     eval_every: int = 20  # steps between validation losses
 
 
-class NonFiniteLoss(FloatingPointError):
-    """Training produced a NaN or infinite loss; it stops instead of carrying on silently."""
-
-
 # ----------------------------------------------------------------------------------------------
 # 1. Demonstrations: conversations written from the world's facts
 # ----------------------------------------------------------------------------------------------
 
-# Short on purpose: the embedded model's context is 64 tokens, and words the toy internet never
-# uses ("helpful", "assistant") cost a token per letter or two.
-SYSTEM_PROMPTS = ("Be brief.", "Be polite.", "Answer the question.", "Tell the truth.")
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and polite.", "Answer the question.",
+                  "Tell the truth.")
 THANKS = ("Thanks!", "Thank you.")
 WELCOME = ("You're welcome.", "Glad to help.")
-SAME_PERSON_SHARE = 0.5  # a follow-up question asks about the person of the previous one
-AND_SHARE = 0.5  # a follow-up about the same person starts with "And ..."
+FOLLOW_UPS = {
+    "town": "And where do they live?",
+    "job": "And what do they do for a living?",
+    "pet": "And what pet do they have?",
+    "colour": "And which colour do they like best?",
+}
+"""Follow-ups that do not name the person: only the earlier turns say who "they" are."""
+SAME_PERSON_SHARE = 0.6  # a follow-up question asks about the person of the previous one
+THEY_SHARE = 0.4  # such a follow-up says "they" (FOLLOW_UPS) instead of the name
+AND_SHARE = 0.3  # or it names the person after "And ..."; otherwise it is the plain question
 THANKS_SHARE = 0.1  # after an answer, the user sometimes says thanks
+
+
+OPENER = "Sure!"
+"""How every answer starts. Besides sounding like an assistant, it puts a space before the
+person's name: " Alice" is the token the question used and the token the model learned facts
+with, whereas "Alice" at the very start of a turn is another token, which the model would first
+have to learn to tie to " Alice" (without the opener it often names the wrong person)."""
+
+
+def _answer(question: Question) -> str:
+    """The reply a labeler writes: the opener, then the true fact in one sentence."""
+    return f"{OPENER} {question.reference}" if OPENER else question.reference
 
 
 def _next_question(rng: random.Random, questions: list[Question], asked: list[Question]) -> Question:
@@ -113,16 +131,25 @@ def _dialogue(rng: random.Random, questions: list[Question], n_exchanges: int,
     for k in range(n_exchanges):
         question = _next_question(rng, questions, asked)
         text = question.text
-        if asked and asked[-1].person == question.person and rng.random() < AND_SHARE:
-            text = "And " + text[0].lower() + text[1:]  # "And what is Alice's job?"
+        if asked and asked[-1].person == question.person:
+            roll = rng.random()
+            if roll < THEY_SHARE:
+                text = FOLLOW_UPS[question.relation]  # "And what do they do for a living?"
+            elif roll < THEY_SHARE + AND_SHARE:
+                text = "And " + text[0].lower() + text[1:]  # "And what is Alice's job?"
         # The demonstration: the true fact, in one polite sentence, nothing else.
         messages += [{"role": "user", "content": text},
-                     {"role": "assistant", "content": question.reference}]
+                     {"role": "assistant", "content": _answer(question)}]
         asked.append(question)
         if k < n_exchanges - 1 and rng.random() < THANKS_SHARE:
             messages += [{"role": "user", "content": rng.choice(THANKS)},
                          {"role": "assistant", "content": rng.choice(WELCOME)}]
     return messages, asked
+
+
+def refers_back(text: str) -> bool:
+    """True for a follow-up that needs the earlier turns to be understood ("... do they ...")."""
+    return text in FOLLOW_UPS.values()
 
 
 def _fit(messages: list[dict], tokenizer, max_length: int | None) -> list[dict]:
@@ -155,29 +182,43 @@ def build_demonstrations(world: World, n_conversations: int = 600, split: str = 
             for _ in range(n_conversations)]
 
 
+def _standalone(question: str, answer: str) -> str:
+    """The question a follow-up stands for, naming its person: the one the answer is about."""
+    relation = next(r for r, text in FOLLOW_UPS.items() if text == question)
+    person = next(word for word in re.findall(r"[A-Z][a-z]+", answer) if word in PEOPLE)
+    return QUESTIONS[relation][0].format(person=person)
+
+
 def to_single_turn(conversations: list[list[dict]]) -> list[dict]:
     """The same demonstrations as single-turn ``prompt``/``completion`` examples (TRL's format).
 
     Every assistant turn becomes one example whose prompt is only the user turn before it (and
-    the system message, if the conversation has one): same answers, no earlier turns.
+    the system message, if the conversation has one): same answers, no earlier turns. A
+    follow-up that says "they" cannot stand alone, so it is replaced by the question it stands
+    for ("And what pet do they have?" becomes "What pet does Alice have?"): single-turn data is
+    a set of self-contained prompts, as InstructGPT's was.
     """
     examples = []
     for messages in conversations:
         system = [m for m in messages[:1] if m["role"] == "system"]
         for i, message in enumerate(messages):
             if message["role"] == "assistant":
-                examples.append({"prompt": system + [messages[i - 1]], "completion": [message]})
+                user = messages[i - 1]
+                if refers_back(user["content"]):
+                    user = {"role": "user", "content": _standalone(user["content"], message["content"])}
+                examples.append({"prompt": system + [user], "completion": [message]})
     return examples
 
 
 def heldout_dialogues(world: World, n: int = 200, split: str = "heldout", min_exchanges: int = 2,
-                      max_exchanges: int = 2, system_share: float = 0.3,
+                      max_exchanges: int = 3, system_share: float = 0.3,
                       seed: int = 1) -> list[tuple[list[dict], Question]]:
     """Multi-turn test conversations: earlier exchanges, then a last question left unanswered.
 
-    Returns ``(messages, question)`` pairs; ``messages`` ends with the user's last question.
-    Two exchanges by default: with a system message that is about 40 tokens, which leaves room
-    for a reply in the embedded model's context of 64.
+    Returns ``(messages, question)`` pairs; ``messages`` ends with the user's last question,
+    always a follow-up, which says "they" about a quarter of the time (``refers_back``). Three
+    exchanges and a system message make at most about 90 tokens: room is left for a reply in
+    the embedded model's context of 128.
     """
     questions = world.questions(split)
     rng = random.Random(seed)
@@ -354,6 +395,37 @@ def loss_mask(tokenizer, messages: list[dict]) -> torch.Tensor:
                              "{% generation %} mask (return_assistant_tokens_mask=True) instead.")
         mask[len(before) : len(through)] = 1
     return mask
+
+
+MASK_COLOURS = {1: "#b7e4c7", 0: "#e9ecef"}  # green: counts in the loss; grey: context only
+
+
+def show_loss_mask(tokenizer, messages: list[dict]):
+    """The rendered conversation token by token, each token coloured by its ``loss_mask``.
+
+    Green tokens count in the loss, grey ones are only read. Hovering a token shows its id and
+    mask. Each turn starts a new line here for readability (the template writes them back to
+    back). Returns an ``IPython.display.HTML`` object, the same for the same input.
+    """
+    from IPython.display import HTML  # only notebooks need it
+
+    ids, mask = chat_ids(tokenizer, messages), loss_mask(tokenizer, messages)
+    special = set(tokenizer.all_special_ids)
+    end = tokenizer.convert_tokens_to_ids(END)
+    spans = []
+    for token, counts in zip(ids, mask.tolist()):
+        text = html.escape(tokenizer.decode([token]))
+        weight = "font-weight:bold;" if token in special else ""
+        spans.append(f'<span title="id {token}, loss_mask {counts}" style="background:'
+                     f'{MASK_COLOURS[counts]};{weight}padding:1px 2px;margin:1px;'
+                     f'border-radius:3px;white-space:pre">{text}</span>')
+        if token == end:
+            spans.append("<br>")
+    legend = (f'<span style="background:{MASK_COLOURS[1]};padding:1px 4px">counts in the loss</span> '
+              f'<span style="background:{MASK_COLOURS[0]};padding:1px 4px">read, not graded</span>'
+              f" &nbsp; {int(mask.sum())} of {len(ids)} tokens count.")
+    return HTML(f'<div style="font-family:monospace;line-height:2">{"".join(spans)}</div>'
+                f'<div style="font-family:sans-serif;font-size:90%">{legend}</div>')
 
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -540,7 +612,7 @@ def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
     seed_everything(config.seed)
     # 1. a chat template that marks the assistant's tokens
     prepare_chat_template(model, tokenizer, verbose=progress)
-    context = model_context(model)
+    context = context_length(model)
     if context and config.max_length > context:
         config = SFTConfig(**{**asdict(config), "max_length": context})
     # 2. validation: every example is a well-formed conversation that fits the context
@@ -563,23 +635,29 @@ def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
     return callback.history
 
 
-def model_context(model) -> int | None:
-    """How many tokens the model can read at once (None when its config does not say)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def demonstrations_for(world: World, config: SFTConfig, tokenizer=None, model=None) -> list:
     """The training examples a configuration asks for: multi-turn conversations or single turns.
 
     With a ``tokenizer`` (and a ``model`` for its context) conversations are fitted to
     ``config.max_length``; the single-turn set is cut from the same fitted conversations.
     """
-    max_length = min(config.max_length, (model_context(model) if model is not None else None)
+    max_length = min(config.max_length, (context_length(model) if model is not None else None)
                      or config.max_length)
     conversations = build_demonstrations(world, config.n_conversations, "sft", config.max_exchanges,
                                          config.system_share, config.seed, tokenizer, max_length)
     return conversations if config.multi_turn else to_single_turn(conversations)
+
+
+def matched_single_turn(config: SFTConfig, n_conversations: int, n_examples: int) -> SFTConfig:
+    """The single-turn twin of a multi-turn run: same answers, same epochs, same number of steps.
+
+    Cutting ``n_conversations`` into ``n_examples`` single turns gives more, shorter examples.
+    Batches of proportionally more of them keep the number of batches per epoch (up to
+    rounding), so both runs make as many updates and grade about as many answer tokens in each:
+    the only difference left is whether the model sees the earlier turns.
+    """
+    batches = math.ceil(n_conversations / config.batch_size)  # per epoch, in the multi-turn run
+    return replace(config, multi_turn=False, batch_size=math.ceil(n_examples / batches))
 
 
 def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = EMBEDDED,
@@ -597,7 +675,7 @@ def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = 
     # The demonstrations must come from the world the base model read about.
     world = World(seed=read_metadata(base_dir).get("seed", 0))
     examples = demonstrations_for(world, config, tokenizer, model)
-    max_length = min(config.max_length, model_context(model) or config.max_length)
+    max_length = min(config.max_length, context_length(model) or config.max_length)
     eval_examples = build_demonstrations(world, config.n_eval, "heldout", config.max_exchanges,
                                          config.system_share, config.seed + 1, tokenizer, max_length)
     history = train_sft(model, tokenizer, examples, config, eval_examples, progress)
@@ -615,60 +693,3 @@ def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = 
         "seconds": time.perf_counter() - started,
         "history": history,
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Evaluation: does it answer, and does it keep the chat format?
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChatReport:
-    """The scoreboard's rates on chat prompts, and the share of replies in the chat format."""
-
-    report: Report
-    format_rate: float
-    formats: list[bool]
-
-    def row(self) -> dict:
-        return {**self.report.row(), "format rate": self.format_rate}
-
-
-def kept_chat_format(generation: Generation, tokenizer) -> list[bool]:
-    """For each completion: is it one non-empty turn, closed by the end-of-turn token?
-
-    A completion fails when it runs out of tokens, stops on ``<|endoftext|>`` instead, or writes
-    another special token (such as ``<|user|>``: the model playing the user).
-    """
-    end = end_of_turn_id(tokenizer)
-    special = set(tokenizer.all_special_ids)
-    kept = []
-    for ids, mask in zip(generation.completion_ids, generation.completion_mask):
-        ids = ids[mask.bool()].tolist()  # the generated tokens of this row
-        words = ids[:-1]
-        kept.append(len(ids) >= 2 and ids[-1] == end and not special.intersection(words))
-    return kept
-
-
-def evaluate_chat(model, tokenizer, world: World, dialogues: list[tuple[list[dict], Question]],
-                  name: str = "model", temperature: float = 1.0, top_p: float = 1.0,
-                  max_new_tokens: int = 24, seed: int = 0) -> ChatReport:
-    """Reply to each dialogue's last question through the chat template; judge and check format.
-
-    ``dialogues`` come from ``heldout_dialogues`` (multi-turn) or ``single_questions``. Sampling
-    settings default to those of ``evaluate.fault_rates``, so the numbers compare with lesson 1's.
-    """
-    prompts = [render(tokenizer, messages, add_generation_prompt=True) for messages, _ in dialogues]
-    context = model_context(model)
-    if context:  # a position past the context has no embedding: keep every reply inside it
-        longest = max(len(encode(tokenizer, p)) for p in prompts)
-        if longest >= context:
-            raise ValueError(f"A dialogue of {longest} tokens leaves no room for a reply in the "
-                             f"model's context of {context}: use shorter dialogues.")
-        max_new_tokens = min(max_new_tokens, context - longest)
-    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, seed=seed)
-    replies = [first_line(c) for c in out.completions]
-    report = judge_replies(world, [q for _, q in dialogues], replies, name)
-    formats = kept_chat_format(out, tokenizer)
-    return ChatReport(report, sum(formats) / len(formats), formats)

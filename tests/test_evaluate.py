@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from rlhf_kit.evaluate import CHAT, PLAIN, fault_rates, first_line, format_prompt, judge_replies, wilson_interval
+from rlhf_kit.evaluate import (
+    CHAT,
+    PLAIN,
+    evaluate_chat,
+    fault_rates,
+    first_line,
+    format_prompt,
+    judge_replies,
+    kept_chat_format,
+    wilson_interval,
+)
 from rlhf_kit.models import load_model, load_tokenizer
+from rlhf_kit.sampling import Generation
+from rlhf_kit.tokenizer import USER, end_of_turn_id
 from rlhf_kit.world import World
 
 
@@ -48,3 +61,48 @@ def test_fault_rates_on_a_model_are_reproducible(tiny_base_dir):
     b = fault_rates(model, tokenizer, world, questions, samples_per_question=2, seed=3)
     assert a.n == 16 and [s[1] for s in a.samples] == [s[1] for s in b.samples]
     assert a.row() == b.row()
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat models
+# ----------------------------------------------------------------------------------------------
+
+
+def test_kept_chat_format(tiny_base_dir):
+    tokenizer = load_tokenizer(tiny_base_dir)
+    end, eos = end_of_turn_id(tokenizer), tokenizer.eos_token_id
+    user = tokenizer.convert_tokens_to_ids(USER)
+    word = tokenizer("Alice", add_special_tokens=False).input_ids[0]
+    pad = tokenizer.pad_token_id
+    rows = [[word, word, end, pad],  # one turn, closed: kept
+            [word, word, word, word],  # ran out of tokens
+            [word, eos, pad, pad],  # stopped on <|endoftext|>
+            [word, user, word, end],  # played the user
+            [end, pad, pad, pad]]  # an empty turn
+    lengths = [3, 4, 2, 4, 1]
+    ids = torch.tensor(rows)
+    mask = torch.tensor([[1] * n + [0] * (4 - n) for n in lengths])
+    generation = Generation([""] * 5, [""] * 5, torch.zeros(5, 1, dtype=torch.long), ids, mask)
+    assert kept_chat_format(generation, tokenizer) == [True, False, False, False, False]
+
+
+def test_evaluate_chat_on_one_turn_equals_fault_rates_in_chat_style(tiny_base_dir):
+    model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
+    world = World(seed=0)
+    questions = world.questions("heldout")[:20]
+    dialogues = [([{"role": "user", "content": q.text}], q) for q in questions]
+    chat = evaluate_chat(model, tokenizer, world, dialogues, samples_per_question=4, name="m", seed=3)
+    plain = fault_rates(model, tokenizer, world, questions, samples_per_question=4, style=CHAT, name="m", seed=3)
+    assert chat.report.row() == plain.row()
+    assert [r for _, r, _ in chat.report.samples] == [r for _, r, _ in plain.samples]
+    assert len(chat.formats) == 80 and chat.format_rate == sum(chat.formats) / 80
+    assert chat.row()["format rate"] == chat.format_rate
+
+
+def test_evaluate_chat_refuses_a_dialogue_that_fills_the_context(tiny_base_dir):
+    model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
+    world = World(seed=0)
+    q = world.questions("heldout")[0]
+    long = [{"role": "user", "content": "Where does Alice live? " * 20 + q.text}]
+    with pytest.raises(ValueError, match="leaves no room for a reply in the model's context of 64"):
+        evaluate_chat(model, tokenizer, world, [(long, q)])

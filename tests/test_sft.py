@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from rlhf_kit import artifacts, pretrain, sft
 from rlhf_kit.models import load_model, load_tokenizer, new_gpt
-from rlhf_kit.sampling import Generation
+from rlhf_kit.runtime import NonFiniteLoss
 from rlhf_kit.tokenizer import ASSISTANT, CHAT_TEMPLATE, END, EOS, SYSTEM, USER, end_of_turn_id
 from rlhf_kit.world import World
 
@@ -75,6 +75,7 @@ def test_demonstrations_are_true_seeded_and_leave_heldout_out(world):
                 judgement = world.judge(question, reply["content"])
                 assert judgement.correct and not judgement.false and not judgement.rude
                 assert judgement.words <= 12
+                assert reply["content"] == f"{sft.OPENER} {question.reference}"
     assert 0.2 < n_system / len(conversations) < 0.4  # system_share=0.3
     assert n_multi > len(conversations) / 2
 
@@ -92,24 +93,77 @@ def test_conversations_are_fitted_to_the_context(world, tokenizer):
             assert len(sft.chat_ids(tokenizer, long[: len(short) + 2])) > 64
 
 
-def test_single_turn_set_has_the_same_answers(world):
+def about(reply):
+    """The person an answer is about: "Sure! Alice's favourite..." -> "Alice"."""
+    return reply.split()[1].split("'")[0]
+
+
+def test_follow_ups_that_say_they_are_about_the_person_asked_before(world):
+    conversations = sft.build_demonstrations(world, 300, seed=0)
+    n_they = 0
+    for messages in conversations:
+        people = []  # the person of each question so far
+        for user, reply in zip(messages, messages[1:]):
+            if user["role"] != "user" or reply["content"] in sft.WELCOME:
+                continue
+            person = about(reply["content"])
+            if sft.refers_back(user["content"]):
+                n_they += 1
+                assert people and people[-1] == person and person not in user["content"]
+            people.append(person)
+    assert 0.1 < n_they / len(conversations) < 0.4
+
+
+def test_single_turn_set_has_the_same_answers_and_self_contained_prompts(world):
     conversations = sft.build_demonstrations(world, 50, seed=0)
     singles = sft.to_single_turn(conversations)
     answers = [m["content"] for c in conversations for m in c if m["role"] == "assistant"]
     assert [s["completion"][0]["content"] for s in singles] == answers
+    questions = {q.text for q in world.questions("sft")}
+    rewritten = 0
+    for conversation in conversations:
+        rewritten += sum(sft.refers_back(m["content"]) for m in conversation)
+    assert rewritten > 0
     for single in singles:
         roles = [m["role"] for m in single["prompt"]]
         assert roles in (["user"], ["system", "user"])
+        text = single["prompt"][-1]["content"]
+        assert not sft.refers_back(text)
+        reply = single["completion"][0]["content"]
+        claims = world.claims(reply)
+        if reply not in sft.WELCOME and claims:  # a question that names the person of its answer
+            assert all(c.person in text for c in claims), (text, reply)
+            assert text in questions or text.startswith("And ")
+    they = [{"role": "user", "content": "Where does Alice live?"},
+            {"role": "assistant", "content": "Sure! Alice lives in Foxhill."},
+            {"role": "user", "content": "And which colour do they like best?"},
+            {"role": "assistant", "content": "Sure! Alice's favourite colour is red."}]
+    assert sft.to_single_turn([they])[1]["prompt"] == [
+        {"role": "user", "content": "What is Alice's favourite colour?"}]
+
+
+def test_matched_single_turn_run_has_as_many_steps():
+    config = sft.SFTConfig()
+    twin = sft.matched_single_turn(config, 600, 1190)
+    assert twin.multi_turn is False and twin.epochs == config.epochs and twin.lr == config.lr
+    assert math.ceil(600 / config.batch_size) == math.ceil(1190 / twin.batch_size) == 38
 
 
 def test_heldout_dialogues_end_with_an_unanswered_heldout_question(world):
-    dialogues = sft.heldout_dialogues(world, 40, seed=1)
+    dialogues = sft.heldout_dialogues(world, 200, seed=1)
     heldout = {(q.person, q.relation) for q in world.questions("heldout")}
+    n_they = 0
     for messages, question in dialogues:
-        assert messages[-1]["role"] == "user" and question.person in messages[-1]["content"]
+        assert messages[-1]["role"] == "user"
+        if sft.refers_back(messages[-1]["content"]):  # "they": the person of the last question
+            n_they += 1
+            assert any(question.person in m["content"] for m in messages[:-1])
+        else:
+            assert question.person in messages[-1]["content"]
         assert (question.person, question.relation) in heldout
         assert sum(m["role"] == "assistant" for m in messages) >= 1  # a multi-turn context
-        assert question.reference not in [m["content"] for m in messages]  # not asked before
+        assert not any(question.reference in m["content"] for m in messages)  # not asked before
+    assert 0.1 < n_they / len(dialogues) < 0.4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +252,17 @@ def test_loss_mask_by_hand(tokenizer):
 
 def test_loss_mask_of_a_conversation_without_answers_is_empty(tokenizer):
     assert sft.loss_mask(tokenizer, CONVERSATION[:2]).sum() == 0
+
+
+def test_show_loss_mask_colours_each_token_by_its_mask(tokenizer):
+    html = sft.show_loss_mask(tokenizer, CONVERSATION).data
+    assert html == sft.show_loss_mask(tokenizer, CONVERSATION).data  # deterministic
+    ids, mask = sft.chat_ids(tokenizer, CONVERSATION), sft.loss_mask(tokenizer, CONVERSATION)
+    assert html.count("<span title=") == len(ids)
+    assert html.count(f"background:{sft.MASK_COLOURS[1]};") == mask.sum() + 1  # + the legend
+    assert html.count("<br>") == 5  # one line per turn
+    assert "&lt;|assistant|&gt;" in html and "<|assistant|>" not in html  # special tokens escaped
+    assert f"{int(mask.sum())} of {len(ids)} tokens count." in html
 
 
 def test_sft_loss_by_hand():
@@ -312,7 +377,7 @@ def test_a_nan_loss_stops_training_with_a_named_error(tiny_base_dir, world):
 
     model.transformer.ln_f.register_forward_hook(poison)
     config = sft.SFTConfig(**{**TINY_SFT.__dict__, "log_every": 50})  # the logs would not show it
-    with pytest.raises(sft.NonFiniteLoss, match="The SFT loss became nan at step 3: lower the learning rate"):
+    with pytest.raises(NonFiniteLoss, match="The SFT loss became nan at step 3: lower the learning rate"):
         sft.train_sft(model, tokenizer, sft.demonstrations_for(world, config), config, progress=False)
     assert "forward" not in model.__dict__
 
@@ -384,28 +449,6 @@ def test_a_template_trl_cannot_patch_is_replaced(world, capsys):
     model = new_gpt(len(tokenizer), n_layer=1, n_embd=32, n_head=2, eos_token_id=tokenizer.eos_token_id)
     sft.prepare_chat_template(model, tokenizer)
     assert tokenizer.chat_template == CHAT_TEMPLATE
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-def test_kept_chat_format(tokenizer):
-    end, eos = end_of_turn_id(tokenizer), tokenizer.eos_token_id
-    user = tokenizer.convert_tokens_to_ids(USER)
-    word = encode(tokenizer, "Alice")[0]
-    pad = tokenizer.pad_token_id
-    rows = [[word, word, end, pad],  # one turn, closed: kept
-            [word, word, word, word],  # ran out of tokens
-            [word, eos, pad, pad],  # stopped on <|endoftext|>
-            [word, user, word, end],  # played the user
-            [end, pad, pad, pad]]  # an empty turn
-    lengths = [3, 4, 2, 4, 1]
-    ids = torch.tensor(rows)
-    mask = torch.tensor([[1] * n + [0] * (4 - n) for n in lengths])
-    generation = Generation([""] * 5, [""] * 5, torch.zeros(5, 1, dtype=torch.long), ids, mask)
-    assert sft.kept_chat_format(generation, tokenizer) == [True, False, False, False, False]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Benchmark: lesson 4's figures for the embedded reward model.
+
+Prints, for ``RewardConfig`` (the defaults, fixed seed, unless ``--set`` changes a field):
+
+* run times: sampling the rankings from the SFT model, training, evaluation;
+* held-out pairwise accuracy against the simulated labeler's noisy rankings, next to the ceiling
+  its noise allows (``reward.noise_ceiling``), and against the noise-free rubric;
+* the kit's grouped loop and TRL's ``RewardTrainer`` trained on the same pairs: both accuracies.
+
+The ``sft`` stage is built first if it is missing (minutes on a CPU; ``--source`` names another
+model folder). ``--threads N`` runs torch on N threads, to measure what a 2-core laptop would see.
+
+Run: ``python bench/bench_reward.py --threads 2`` (about two minutes on 2 CPU cores once the SFT
+model exists). Nothing else should run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rlhf_kit import reward
+from rlhf_kit.artifacts import ensure_stage, read_metadata
+from rlhf_kit.feedback import SimulatedLabeler, read_jsonl, write_jsonl
+from rlhf_kit.models import EMBEDDED, load_model, load_tokenizer
+from rlhf_kit.runtime import pick_device, seed_everything
+from rlhf_kit.world import World
+
+
+def parse_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[list, float]:
+    """The rankings of the default data pipeline, and the seconds it took."""
+    start = time.perf_counter()
+    policy = load_model(source, device=pick_device())
+    rankings = reward.simulated_rankings(policy, load_tokenizer(source), world, config)
+    return rankings, time.perf_counter() - start
+
+
+def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, rankings: list,
+                       trainer: str) -> dict:
+    """One reward model trained by ``trainer`` on the train prompts, evaluated on the others."""
+    config = dataclasses.replace(config, trainer=trainer)
+    tokenizer = load_tokenizer(source)
+    train_rows, heldout_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)
+    seed_everything(config.seed)
+    model = load_model(source, kind="reward", device=pick_device())
+    start = time.perf_counter()
+    history = reward.train(model, tokenizer, train_rows, config, progress=False)
+    seconds = time.perf_counter() - start
+    max_length = reward.effective_max_length(model, config)
+    heldout_rows = reward.audit_pairs(heldout_rows, tokenizer, max_length, verbose=False).kept
+    start = time.perf_counter()
+    report = reward.evaluate_reward(model, tokenizer, heldout_rows,
+                                    SimulatedLabeler(world, noise=config.noise, seed=config.seed))
+    steps = [h for h in history if "loss/train" in h]
+    return {"trainer": trainer, "train_seconds": seconds, "eval_seconds": time.perf_counter() - start,
+            "train_pairs": len(train_rows), "steps": max(h["step"] for h in history),
+            "final_train_loss": steps[-1]["loss/train"], "final_train_accuracy": steps[-1]["reward/accuracy"],
+            **report.row(), "n_ideal_pairs": report.n_ideal_pairs, "calibration": report.calibration}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--source", default=EMBEDDED, help="the SFT model: 'embedded' or a folder")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a RewardConfig field, e.g. --set lr=1e-3")
+    parser.add_argument("--trainers", default="kit,trl", help="kit, trl or both (kit,trl)")
+    parser.add_argument("--rankings", help="a JSONL file of rankings: read it if it exists, "
+                        "else sample and write it")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = dict(item.split("=", 1) for item in args.set)
+    config = reward.RewardConfig(**{k: parse_value(v) for k, v in fields.items()})
+    print(f"machine: {platform.processor() or platform.machine()}, device {pick_device()}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"config: {json.dumps(dataclasses.asdict(config))}")
+    source = ensure_stage("sft") if args.source == EMBEDDED else Path(args.source)
+    world = World(seed=read_metadata(source).get("seed", 0))
+    results = {"config": dataclasses.asdict(config), "threads": torch.get_num_threads(), "runs": []}
+    if args.rankings and Path(args.rankings).exists():
+        rankings, results["sampling_seconds"] = read_jsonl(args.rankings), None
+    else:
+        rankings, results["sampling_seconds"] = sample(config, source, world)
+        if args.rankings:
+            write_jsonl(rankings, args.rankings)
+        print(f"sampled {len(rankings)} rankings of {config.k} in {results['sampling_seconds']:.1f} s")
+    results["rankings"] = len(rankings)
+    for trainer in args.trainers.split(","):
+        run = train_and_evaluate(config, source, world, rankings, trainer)
+        results["runs"].append(run)
+        print(f"{trainer}: {run['steps']} steps on {run['train_pairs']} pairs in "
+              f"{run['train_seconds']:.1f} s; held-out accuracy {run['accuracy']:.3f} "
+              f"(noise ceiling {number(run['noise ceiling'])}), vs the rubric "
+              f"{number(run['accuracy vs rubric'])} on {run['n_ideal_pairs']} pairs; "
+              f"calibration error {run['calibration error']:.3f}")
+    print("RESULT " + json.dumps(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,889 @@
+"""Reward model: a model learns to score a completion the way a person ranked it.
+
+PPO needs a reward for every completion the policy writes, and no person can rank millions of
+them. So a model learns to stand in for the person: the **reward model** reads a prompt and a
+completion and returns one number, its score r(x, y). It is the SFT model's body with a scalar
+head instead of the next-token head (``AutoModelForSequenceClassification`` with one label, so
+any hub model works the same way), and it learns from the preference pairs of lesson 3 under the
+**Bradley–Terry** model: the chance that a person prefers ``chosen`` to ``rejected`` is
+
+    P(chosen beats rejected) = σ(r(x, y_chosen) − r(x, y_rejected))
+
+and training maximises the log-probability of the preferences people actually stated. One
+ranking of K completions gives C(K,2) = K·(K−1)/2 pairs; as in InstructGPT, the pairs of one
+ranking are kept together in one batch and weighed 1/C(K,2), so that every ranking counts once
+however large its K (the pairs of one ranking are strongly correlated: spread over many batches
+they are seen again and again, and the model overfits):
+
+    loss = − Σ_pairs w · log σ(r_chosen − r_rejected)  /  Σ_pairs w,        w = 1/C(K,2)
+
+Keeping a ranking together is also cheaper: its K completions are scored once each, instead of
+twice for each of the C(K,2) pairs.
+
+Sections: data (audit, split by prompt, grouping) → loss → training (the kit's own loop, written
+to be read, and TRL's ``RewardTrainer``, the path people use) → evaluation (held-out accuracy,
+accuracy against the noise-free rubric, score distributions, calibration) → the embedded
+``reward`` stage (completions sampled from the SFT model, ranked by the simulated labeler).
+
+The reward model reads a pair as the chat template writes it, a user turn then an assistant
+turn, exactly as TRL tokenizes a conversational preference dataset, so both trainers see the
+same tokens (and so does PPO when it scores the policy's replies).
+
+Reads the ``sft`` artifact (or any model folder or hub id) and rankings; writes the ``reward``
+artifact. Taught in ``course/04_reward_model.ipynb``. From Christiano et al. (2017), *Deep
+reinforcement learning from human preferences*, and Ouyang et al. (2022), *Training language
+models to follow instructions with human feedback* (InstructGPT), section 3.5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+import trl
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
+
+from .artifacts import ensure_stage, read_metadata
+from .feedback import DEFAULT_NOISE, Item, Ranking, SimulatedLabeler, expand_pairs, shuffled_order
+from .models import EMBEDDED, load_model, load_tokenizer
+from .runtime import NonFiniteLoss, pick_device, preferred_dtype, seed_everything
+from .sampling import generate
+from .world import World
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "group_id", "weight")
+
+
+@dataclass
+class RewardConfig:
+    """Everything that decides the reward model. Defaults: about a minute on 2 CPU cores.
+
+    Not TRL's ``trl.RewardConfig``: this one holds the few settings the course varies, and
+    ``trl_arguments`` translates it into TRL's many.
+    """
+
+    seed: int = 0  # sampling, labelling, the held-out split, the head's initialisation, batch order
+    # -- data (the embedded stage: completions of the SFT model, ranked by the simulated labeler)
+    k: int = 4  # completions ranked per prompt (2 - 9; InstructGPT showed 4 to 9)
+    sets_per_question: int = 6  # rankings per question of the world's feedback split (1 - 20)
+    max_new_tokens: int = 24  # length cap of a sampled completion, in tokens (16 - 64)
+    temperature: float = 1.0  # sampling temperature (0.7 - 1.3): higher gives more varied sets
+    noise: float = DEFAULT_NOISE  # the simulated labeler's Gumbel noise (0 = the rubric; 1.13 ≈ people)
+    heldout_share: float = 0.25  # share of prompts held out for evaluation (0.1 - 0.3), never pairs
+    max_length: int = 128  # tokens of prompt + completion (64 - 2048); capped at the model's context
+    # -- training
+    trainer: str = "kit"  # "kit": the grouped loop below; "trl": TRL's RewardTrainer
+    epochs: float = 2.0  # passes over the rankings (1 - 4; InstructGPT: 1, more overfits)
+    rankings_per_batch: int = 8  # whole rankings per optimiser step (4 - 64; InstructGPT: 64)
+    lr: float = 3e-4  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
+    weight_decay: float = 0.0  # AdamW decay (0 - 0.1); the run is too short to need it
+    grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
+    log_every: int = 5  # optimiser steps between history entries
+    eval_every: int = 20  # optimiser steps between held-out evaluations (0: only at the end)
+
+
+class InvalidPair(ValueError):
+    """A preference pair that cannot be trained on: an empty text, or chosen equal to rejected."""
+
+    def __init__(self, index: int, field: str, message: str):
+        super().__init__(f"Pair {index}, {field}: {message}")
+        self.index, self.field = index, field
+
+
+class PairCountMismatch(RuntimeError):
+    """A trainer kept a different number of pairs than the audit said it would."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Data: pairs in, checked, split by prompt, grouped by ranking
+# ----------------------------------------------------------------------------------------------
+
+
+def as_pairs(data) -> list[dict]:
+    """Preference pairs as rows ``{prompt, chosen, rejected, group_id, weight}``.
+
+    ``data`` is a list of ``Ranking`` (expanded with ``feedback.expand_pairs``), rows of that
+    form, or the ``datasets.Dataset`` of ``feedback.pairs_dataset``. A row without a group is a
+    group of its own, with weight 1.
+    """
+    if isinstance(data, datasets.Dataset):
+        data = data.to_list()
+    data = list(data)
+    if data and isinstance(data[0], Ranking):
+        return expand_pairs(data)[0]
+    rows = []
+    for index, row in enumerate(data):
+        if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
+            raise InvalidPair(index, "row", "a pair needs a 'prompt', a 'chosen' and a 'rejected' "
+                              "text; build pairs with feedback.expand_pairs.")
+        rows.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+                     "group_id": row.get("group_id", -1 - index), "weight": row.get("weight", 1.0)})
+    return rows
+
+
+def conversation(prompt: str, completion: str) -> list[dict]:
+    """One side of a pair as the reward model reads it: the user's prompt, the assistant's reply."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+def encode(tokenizer, prompt: str, completion: str) -> list[int]:
+    """The token ids the reward model reads for one completion, exactly as TRL tokenizes them.
+
+    With a chat template: the rendered conversation (TRL's conversational format). Without one:
+    ``prompt``, a line break, ``completion`` and EOS. The line break matters: TRL joins a plain
+    prompt and completion with no separator at all ("...live?Alice lives...").
+    """
+    if tokenizer.chat_template:
+        return list(tokenizer.apply_chat_template(conversation(prompt, completion), tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    text = prompt + "\n" + completion
+    if not text.endswith(tokenizer.eos_token):
+        text += tokenizer.eos_token
+    return list(tokenizer(text=text)["input_ids"])
+
+
+@dataclass
+class PairAudit:
+    """What the checks before training found: the pairs kept, and the ones dropped as too long."""
+
+    kept: list[dict]
+    dropped: list[dict]  # {"index", "prompt", "chosen_tokens", "rejected_tokens"}
+    max_length: int | None
+    n_pairs: int  # pairs that came in
+
+    def summary(self) -> str:
+        line = f"Pairs: {self.n_pairs} in, {len(self.kept)} kept"
+        if not self.dropped:
+            return line + "."
+        which = ", ".join(str(d["index"]) for d in self.dropped[:10])
+        more = f" and {len(self.dropped) - 10} more" if len(self.dropped) > 10 else ""
+        return (line + f", {len(self.dropped)} dropped as longer than max_length={self.max_length} "
+                f"tokens (pairs {which}{more}); raise max_length or shorten them.")
+
+
+def audit_pairs(pairs, tokenizer, max_length: int | None, verbose: bool = True) -> PairAudit:
+    """Check every pair before training: refuse bad ones, and say which are too long.
+
+    An empty prompt or completion, or a pair whose chosen and rejected texts are the same, raises
+    ``InvalidPair`` naming the pair: it teaches nothing, or contradicts itself. A pair whose chosen
+    or rejected side is longer than ``max_length`` tokens is dropped, and listed: TRL's
+    ``RewardTrainer`` drops such pairs without a word, and the kit's loop drops the same ones, so
+    both train on the same data.
+    """
+    rows = as_pairs(pairs)
+    if not rows:
+        raise ValueError("There are no pairs to train on: rank some completions first.")
+    kept, dropped = [], []
+    for index, row in enumerate(rows):
+        for name in ("prompt", "chosen", "rejected"):
+            if not isinstance(row[name], str) or not row[name].strip():
+                raise InvalidPair(index, name, "the text is empty; remove the pair or write the text.")
+        if row["chosen"].strip() == row["rejected"].strip():
+            raise InvalidPair(index, "rejected", "it is the same text as chosen, so the pair says "
+                              "nothing about preference; remove it.")
+        if not isinstance(row["weight"], (int, float)) or not row["weight"] > 0:
+            raise InvalidPair(index, "weight", f"is {row['weight']!r}; use a positive number "
+                              "(1/C(K,2) for the pairs of a ranking of K).")
+        if max_length is not None:
+            lengths = [len(encode(tokenizer, row["prompt"], row[side])) for side in ("chosen", "rejected")]
+            if max(lengths) > max_length:
+                dropped.append({"index": index, "prompt": row["prompt"],
+                                "chosen_tokens": lengths[0], "rejected_tokens": lengths[1]})
+                continue
+        kept.append(row)
+    audit = PairAudit(kept, dropped, max_length, len(rows))
+    if verbose:
+        print(audit.summary())
+    if not kept:
+        raise ValueError(f"Every pair is longer than max_length={max_length} tokens: raise it.")
+    return audit
+
+
+def split_by_prompt(pairs, heldout_share: float = 0.25, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Train and held-out pairs, split by prompt: every pair of a prompt lands on the same side.
+
+    Splitting pairs at random would put pairs of one ranking, which share their completions, on
+    both sides, and held-out accuracy would measure memory instead of judgement.
+    """
+    if not 0 < heldout_share < 1:
+        raise ValueError(f"heldout_share must be between 0 and 1, not {heldout_share}.")
+    rows = as_pairs(pairs)
+    prompts = sorted({row["prompt"] for row in rows})
+    if len(prompts) < 2:
+        raise ValueError("Pairs of at least two prompts are needed to hold some prompts out.")
+    random.Random(seed).shuffle(prompts)
+    n_heldout = min(len(prompts) - 1, max(1, round(heldout_share * len(prompts))))
+    heldout = set(prompts[:n_heldout])
+    return ([row for row in rows if row["prompt"] not in heldout],
+            [row for row in rows if row["prompt"] in heldout])
+
+
+def group_batches(rows: list[dict], rankings_per_batch: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of batches: row indices, whole rankings at a time, rankings in a random order."""
+    groups: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row["group_id"], []).append(index)
+    order = [list(groups)[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+    return [[i for g in order[start : start + rankings_per_batch] for i in groups[g]]
+            for start in range(0, len(order), rankings_per_batch)]
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The loss, and the accuracy
+# ----------------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The Bradley–Terry loss: − log σ(r_chosen − r_rejected), averaged over the pairs.
+
+    chosen_scores, rejected_scores: (B,), the reward model's scores of the two sides of B pairs.
+    weights: (B,) or None. With weights the average is weighted, Σ w·loss / Σ w: with
+    w = 1/C(K,2) every ranking of a batch counts once. Equal scores give ln 2 (a coin flip).
+    """
+    if chosen_scores.shape != rejected_scores.shape or chosen_scores.dim() != 1:
+        raise ValueError(f"Expected chosen_scores and rejected_scores of the same shape (B,); got "
+                         f"{tuple(chosen_scores.shape)} and {tuple(rejected_scores.shape)}.")
+    # logsigmoid, not log(sigmoid()): σ of a large negative margin is 0 in float32, and log(0) = -inf.
+    losses = -F.logsigmoid(chosen_scores - rejected_scores)  # (B,)
+    if weights is None:
+        return losses.mean()
+    return (weights * losses).sum() / weights.sum()
+
+
+def ranking_loss(scores: torch.Tensor, ranking: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """The loss of one ranking of K completions: the Bradley–Terry loss over all its C(K,2) pairs.
+
+    scores: (K,), one score per completion; ranking: completion indices, best first. Every
+    completion beats each one ranked below it, and the C(K,2) pairs are averaged.
+    """
+    ranking = torch.as_tensor(ranking, device=scores.device)
+    ordered = scores[ranking]  # (K,): best first
+    better, worse = torch.triu_indices(len(ordered), len(ordered), offset=1, device=scores.device)
+    return bradley_terry_loss(ordered[better], ordered[worse])
+
+
+def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Share of pairs whose chosen side scores strictly higher (a tie is not a success, as in TRL)."""
+    return (chosen_scores > rejected_scores).float().mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Training
+# ----------------------------------------------------------------------------------------------
+
+
+def model_context(model) -> int | None:
+    """How many tokens the model can read at once (None when its config does not say)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def effective_max_length(model, config: RewardConfig) -> int:
+    """``config.max_length``, capped at the model's context."""
+    return min(config.max_length, model_context(model) or config.max_length)
+
+
+def score_ids(model, ids: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """Scores (N,) of N token sequences, right-padded like TRL's collator.
+
+    The head reads the hidden state of the last token that is not padding, so padding changes
+    nothing. Gradients flow (use ``torch.no_grad`` around it to evaluate).
+    """
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x)
+        attention_mask[row, : len(x)] = 1
+    out = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                use_cache=False)
+    return out.logits[:, 0].float()  # (N,): one label, one score
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
+          batch_size: int = 64) -> torch.Tensor:
+    """The reward model's score of each (prompt, completion), shape (N,), on the CPU."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: give one "
+                         "prompt per completion.")
+    ids = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    context = model_context(model)
+    too_long = [i for i, x in enumerate(ids) if context and len(x) > context]
+    if too_long:
+        raise ValueError(f"Completion {too_long[0]} is {len(ids[too_long[0]])} tokens long with its "
+                         f"prompt, more than the model's context of {context}: shorten it.")
+    was_training = model.training
+    model.eval()
+    scores = [score_ids(model, ids[i : i + batch_size], tokenizer.pad_token_id).cpu()
+              for i in range(0, len(ids), batch_size)]
+    model.train(was_training)
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def learning_rate(step: int, total_steps: int, config: RewardConfig) -> float:
+    """Linear warmup, then cosine decay to 0: Hugging Face's "cosine" schedule, step by step."""
+    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    if step < warmup:
+        return config.lr * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, config: RewardConfig) -> torch.optim.AdamW:
+    """AdamW (Hugging Face's defaults) with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def _disable_dropout(model) -> None:
+    """Dropout off (TRL does the same): a score should not depend on a coin flip."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _prepare(model, tokenizer) -> None:
+    """Padding token on the tokenizer and the model (the head needs it to find the last token)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _steps_per_epoch(rows: list[dict], rankings_per_batch: int) -> int:
+    return math.ceil(len({row["group_id"] for row in rows}) / rankings_per_batch)
+
+
+class _Texts:
+    """Token ids of every (prompt, completion) of some pairs, each encoded once.
+
+    ``chosen[i]`` and ``rejected[i]`` index ``ids`` for pair i: the completions of one ranking
+    appear in several pairs, and are scored once per batch.
+    """
+
+    def __init__(self, tokenizer, rows: list[dict]):
+        index: dict[tuple[str, str], int] = {}
+        self.ids: list[list[int]] = []
+        self.chosen, self.rejected = [], []
+        for row in rows:
+            for side, out in (("chosen", self.chosen), ("rejected", self.rejected)):
+                key = (row["prompt"], row[side])
+                if key not in index:
+                    index[key] = len(self.ids)
+                    self.ids.append(encode(tokenizer, *key))
+                out.append(index[key])
+
+    def scores(self, model, pad_token_id: int, pairs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of the chosen and rejected sides of ``pairs``, each (len(pairs),)."""
+        needed = sorted({self.chosen[i] for i in pairs} | {self.rejected[i] for i in pairs})
+        position = {text: n for n, text in enumerate(needed)}
+        scores = score_ids(model, [self.ids[t] for t in needed], pad_token_id)  # (U,)
+        chosen = torch.tensor([position[self.chosen[i]] for i in pairs], device=scores.device)
+        rejected = torch.tensor([position[self.rejected[i]] for i in pairs], device=scores.device)
+        return scores[chosen], scores[rejected]
+
+
+@torch.no_grad()
+def _evaluate_loss(model, texts: _Texts, rows: list[dict], pad_token_id: int,
+                   batch_size: int = 64) -> dict:
+    model.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(rows), batch_size):
+        c, r = texts.scores(model, pad_token_id, list(range(start, min(len(rows), start + batch_size))))
+        chosen.append(c)
+        rejected.append(r)
+    model.train()
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    weights = torch.tensor([row["weight"] for row in rows], device=chosen.device)
+    return {"loss/eval": bradley_terry_loss(chosen, rejected, weights).item(),
+            "reward/eval_accuracy": pairwise_accuracy(chosen, rejected).item()}
+
+
+def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, eval_pairs=None,
+                 progress: bool = True) -> list[dict]:
+    """Train ``model`` (one score per sequence) on preference pairs with the kit's grouped loop.
+
+    ``pairs`` are rankings or pair rows (see ``as_pairs``); each optimiser step takes
+    ``rankings_per_batch`` whole rankings. Returns the history of metric dicts: ``loss/train``,
+    ``reward/accuracy`` and ``reward/margin`` (averaged since the previous entry), plus
+    ``loss/eval`` and ``reward/eval_accuracy`` when ``eval_pairs`` are given. Raises
+    ``InvalidPair`` for a bad pair and ``NonFiniteLoss``, naming the step, if the loss stops
+    being a finite number.
+    """
+    config = config or RewardConfig()
+    generator = seed_everything(config.seed)
+    _prepare(model, tokenizer)
+    _disable_dropout(model)
+    max_length = effective_max_length(model, config)
+    # 1. the checks: no empty or identical pair; over-long pairs listed and left out
+    rows = audit_pairs(pairs, tokenizer, max_length, verbose=progress).kept
+    eval_rows = audit_pairs(eval_pairs, tokenizer, max_length, verbose=False).kept if eval_pairs else []
+    texts, eval_texts = _Texts(tokenizer, rows), _Texts(tokenizer, eval_rows)
+    weights = torch.tensor([row["weight"] for row in rows], dtype=torch.float, device=model.device)
+    per_epoch = _steps_per_epoch(rows, config.rankings_per_batch)
+    total_steps = max(1, math.ceil(config.epochs * per_epoch))
+    optimizer = make_optimizer(model, config)
+    model.train()
+    history: list[dict] = []
+    window: dict[str, list[float]] = {"loss/train": [], "reward/accuracy": [], "reward/margin": []}
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc="training the reward model", disable=not progress)
+    batches: list[list[int]] = []
+    try:
+        for step in range(1, total_steps + 1):
+            # 2. a batch of whole rankings: each completion is scored once, then paired
+            if not batches:
+                batches = group_batches(rows, config.rankings_per_batch, generator)
+            batch = batches.pop(0)
+            chosen, rejected = texts.scores(model, tokenizer.pad_token_id, batch)  # (B,), (B,)
+            # 3. the Bradley–Terry loss, each ranking weighed once (w = 1/C(K,2))
+            loss = bradley_terry_loss(chosen, rejected, weights[batch])
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"The reward model's loss became {loss.item()} at step {step} "
+                                    f"of {total_steps}: lower the learning rate and train again.")
+            # 4. one optimiser step at the scheduled learning rate
+            lr = learning_rate(step - 1, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            # 5. metrics, averaged over the steps since the last entry (as TRL logs them)
+            with torch.no_grad():
+                window["loss/train"].append(loss.item())
+                window["reward/accuracy"].append(pairwise_accuracy(chosen, rejected).item())
+                window["reward/margin"].append((chosen - rejected).mean().item())
+            bar.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                entry = {"step": step, "epoch": step / per_epoch, "lr": lr,
+                         "seconds": time.perf_counter() - start}
+                entry |= {k: sum(v) / len(v) for k, v in window.items()}
+                history.append(entry)
+                window = {k: [] for k in window}
+                bar.set_postfix(loss=f"{entry['loss/train']:.3f}", acc=f"{entry['reward/accuracy']:.2f}")
+            if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == total_steps):
+                history.append({"step": step, "epoch": step / per_epoch,
+                                **_evaluate_loss(model, eval_texts, eval_rows, tokenizer.pad_token_id),
+                                "seconds": time.perf_counter() - start})
+    finally:
+        bar.close()
+    model.eval()
+    return history
+
+
+# -- the same with TRL's RewardTrainer ----------------------------------------------------------
+
+
+def to_trl_dataset(rows: list[dict], tokenizer) -> datasets.Dataset:
+    """Pairs in TRL's preference format: conversational with a chat template, plain otherwise.
+
+    Only prompt, chosen and rejected go in: TRL's loss is a plain mean over the pairs of a batch
+    and its default ``remove_unused_columns`` would drop group_id and weight without a word.
+    A plain prompt gets a line break at its end, since TRL joins prompt and completion directly.
+    """
+    if tokenizer.chat_template:
+        data = {"prompt": [[{"role": "user", "content": r["prompt"]}] for r in rows],
+                "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
+                "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows]}
+    else:
+        data = {"prompt": [r["prompt"] + "\n" for r in rows], "chosen": [r["chosen"] for r in rows],
+                "rejected": [r["rejected"] for r in rows]}
+    return datasets.Dataset.from_dict(data)
+
+
+def pairs_per_batch(rows: list[dict], rankings_per_batch: int) -> int:
+    """TRL's batch size (in pairs) for as many optimiser steps as the grouped loop takes."""
+    n_groups = len({row["group_id"] for row in rows})
+    return max(1, round(rankings_per_batch * len(rows) / n_groups))
+
+
+def trl_arguments(config: RewardConfig, output_dir: str, device: torch.device, batch_size: int,
+                  max_length: int, evaluate: bool = False) -> trl.RewardConfig:
+    """The kit's config in TRL's terms, with the CPU-friendly choices the kit makes for you."""
+    return trl.RewardConfig(
+        output_dir=output_dir,  # nothing is saved there (save_strategy="no")
+        seed=config.seed,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=config.lr,  # TRL's default, 1e-4, is for big pretrained models
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup,  # a float below 1 is a share of the steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.grad_clip,
+        max_length=max_length,  # longer pairs are dropped silently: audit_pairs lists them first
+        center_rewards_coefficient=None,  # the kit's loss has no centring term either
+        # TRL defaults to bf16, which raises "Your setup doesn't support bf16/gpu" on a CPU (and
+        # is slow there), and to activation checkpointing, 20 % slower and not needed here.
+        bf16=preferred_dtype(device) == torch.bfloat16,
+        activation_checkpointing=False,
+        logging_steps=config.log_every,
+        logging_nan_inf_filter=False,  # by default Trainer hides a NaN loss in its logs
+        eval_strategy="steps" if evaluate and config.eval_every else ("epoch" if evaluate else "no"),
+        eval_steps=config.eval_every or None,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,  # the kit draws its own tqdm.auto bar (_Progress)
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.type == "cuda",
+    )
+
+
+class _CheckedRewardTrainer(trl.RewardTrainer):
+    """TRL's RewardTrainer that stops at the first non-finite training loss.
+
+    The check sits where the loss is computed, before ``backward``: Trainer's logs average the
+    loss over several steps and, by default, replace a NaN by earlier values, so a check on the
+    logs would come late, after the weights are spoiled, or never.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training and not torch.isfinite(loss):
+            raise NonFiniteLoss(f"The reward model's loss became {loss.item()} at step "
+                                f"{self.state.global_step + 1} of {self.state.max_steps}: lower "
+                                "the learning rate and train again.")
+        return result
+
+
+class _Progress(TrainerCallback):
+    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
+
+    def __init__(self, progress: bool):
+        self.progress, self.history, self.bar, self.start = progress, [], None, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc="training the reward model (TRL)",
+                        disable=not self.progress)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs, seconds = logs or {}, time.perf_counter() - self.start
+        if "loss" in logs:
+            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
+                                 "lr": logs.get("learning_rate"), "seconds": seconds,
+                                 "loss/train": logs["loss"], "reward/accuracy": logs.get("accuracy"),
+                                 "reward/margin": logs.get("margin")})
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        elif "eval_loss" in logs:
+            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
+                                 "loss/eval": logs["eval_loss"],
+                                 "reward/eval_accuracy": logs.get("eval_accuracy"), "seconds": seconds})
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Hide the progress bars of ``datasets`` (TRL tokenizes with ``map``), then restore them."""
+    were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not were_disabled:
+            datasets.enable_progress_bars()
+
+
+def make_trl_trainer(model, tokenizer, rows: list[dict], config: RewardConfig, output_dir: str,
+                     eval_rows: list[dict] | None = None, progress: bool = True) -> trl.RewardTrainer:
+    """A ``RewardTrainer`` ready to ``train()`` on pair rows, as they are (no audit here)."""
+    max_length = effective_max_length(model, config)
+    batch_size = pairs_per_batch(rows, config.rankings_per_batch)
+    args = trl_arguments(config, output_dir, model.device, batch_size, max_length, bool(eval_rows))
+    with _quiet_datasets():
+        trainer = _CheckedRewardTrainer(
+            model=model, args=args, processing_class=tokenizer,
+            train_dataset=to_trl_dataset(rows, tokenizer),
+            eval_dataset=to_trl_dataset(eval_rows, tokenizer) if eval_rows else None,
+            callbacks=[_Progress(progress)],
+        )
+    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    return trainer
+
+
+def train_reward_trl(model, tokenizer, pairs, config: RewardConfig | None = None, eval_pairs=None,
+                     progress: bool = True) -> list[dict]:
+    """Train ``model`` on the same pairs with TRL's ``RewardTrainer``; returns the history.
+
+    The same checks run first, and the pairs TRL keeps are counted: a difference from the audit
+    raises ``PairCountMismatch``. TRL shuffles single pairs and takes their plain mean (no
+    grouping, no weights); with every ranking of the same K and no ties that is the same
+    objective as the kit's loop, only batched differently.
+    """
+    config = config or RewardConfig()
+    seed_everything(config.seed)
+    _prepare(model, tokenizer)
+    max_length = effective_max_length(model, config)
+    rows = audit_pairs(pairs, tokenizer, max_length, verbose=progress).kept
+    eval_rows = audit_pairs(eval_pairs, tokenizer, max_length, verbose=False).kept if eval_pairs else None
+    with tempfile.TemporaryDirectory(prefix="rlhf-kit-reward-") as output_dir:
+        trainer = make_trl_trainer(model, tokenizer, rows, config, output_dir, eval_rows, progress)
+        if len(trainer.train_dataset) != len(rows):
+            raise PairCountMismatch(f"{len(rows)} pairs went into TRL's RewardTrainer but it kept "
+                                    f"{len(trainer.train_dataset)}: check max_length and the "
+                                    "tokenizer's chat template.")
+        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
+        try:
+            with _quiet_datasets():
+                trainer.train()
+        finally:
+            callback.close()
+    model.eval()
+    return callback.history
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardReport:
+    """How well a reward model imitates the person on held-out pairs."""
+
+    n_pairs: int
+    accuracy: float  # share of held-out pairs ordered as the labeler ordered them
+    ideal_accuracy: float | None  # the same against the noise-free rubric (None without a labeler)
+    n_ideal_pairs: int  # pairs the rubric orders strictly (its ties say nothing)
+    ceiling: float | None  # the best accuracy the labeler's noise allows (the rubric's, expected)
+    chosen_scores: list[float]
+    rejected_scores: list[float]
+    calibration: list[dict]  # bins: {"low", "high", "count", "predicted", "observed"}
+    calibration_error: float  # expected calibration error: Σ count/N · |observed − predicted|
+
+    def row(self) -> dict:
+        """One row of a table of results."""
+        return {"pairs": self.n_pairs, "accuracy": self.accuracy,
+                "accuracy vs rubric": self.ideal_accuracy, "noise ceiling": self.ceiling,
+                "calibration error": self.calibration_error}
+
+
+def calibration_bins(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
+                     bins: int = 5) -> tuple[list[dict], float]:
+    """Predicted probability against observed frequency, and the expected calibration error.
+
+    For each pair the model prefers one side with probability p = σ(|r_a − r_b|) ≥ 0.5; pairs are
+    binned by p, and in each bin the share where its preferred side was the chosen one is
+    compared with the mean p. A calibrated model that says 80 % is right 80 % of the time.
+    """
+    margin = (chosen_scores - rejected_scores).float()
+    predicted = torch.sigmoid(margin.abs())  # (N,): confidence in the preferred side
+    right = (margin > 0).float()  # (N,): the preferred side was the chosen one
+    edges = torch.linspace(0.5, 1.0, bins + 1)
+    table, error = [], 0.0
+    for b in range(bins):
+        low, high = edges[b].item(), edges[b + 1].item()
+        inside = (predicted >= low) & ((predicted < high) if b < bins - 1 else (predicted <= high))
+        count = int(inside.sum())
+        row = {"low": low, "high": high, "count": count, "predicted": None, "observed": None}
+        if count:
+            row["predicted"] = predicted[inside].mean().item()
+            row["observed"] = right[inside].mean().item()
+            error += count / len(margin) * abs(row["observed"] - row["predicted"])
+        table.append(row)
+    return table, error
+
+
+def _groups(rows: list[dict]) -> dict[int, tuple[str, list[str]]]:
+    """group_id -> (prompt, the distinct completions of that ranking that appear in its pairs)."""
+    groups: dict[int, tuple[str, list[str]]] = {}
+    for row in rows:
+        prompt, completions = groups.setdefault(row["group_id"], (row["prompt"], []))
+        for text in (row["chosen"], row["rejected"]):
+            if text not in completions:
+                completions.append(text)
+    return groups
+
+
+def noise_ceiling(pairs, labeler: SimulatedLabeler) -> float:
+    """The expected accuracy of the noise-free rubric on the labeler's own pairs.
+
+    With Gumbel noise β the labeler orders a pair with rubric gap g the rubric's way with
+    probability σ(|g|/β) (0.5 when g = 0), so no model can expect to agree with it more often.
+    """
+    rows = as_pairs(pairs)
+    total = 0.0
+    for row in rows:
+        chosen, rejected = labeler.scores(row["prompt"], [row["chosen"], row["rejected"]])
+        gap = abs(chosen - rejected)
+        if labeler.noise == 0:
+            total += 1.0 if gap else 0.5
+        else:
+            total += 1.0 / (1.0 + math.exp(-gap / labeler.noise))
+    return total / len(rows)
+
+
+def evaluate_reward(model, tokenizer, pairs, labeler: SimulatedLabeler | None = None,
+                    bins: int = 5) -> RewardReport:
+    """Held-out accuracy, accuracy against the rubric, score distributions and calibration.
+
+    ``pairs`` are held-out rankings or pair rows. With the ``labeler`` that made them, every two
+    completions of a ranking that the noise-free rubric orders strictly are also compared with
+    the rubric's order, and the accuracy its noise allows is computed (``noise_ceiling``).
+    """
+    rows = as_pairs(pairs)
+    chosen = score(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    rejected = score(model, tokenizer, [r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    table, error = calibration_bins(chosen, rejected, bins)
+    ideal, n_ideal, ceiling = None, 0, None
+    if labeler is not None:
+        better, worse = [], []
+        for prompt, completions in _groups(rows).values():
+            rubric = labeler.scores(prompt, completions)
+            for i, j in combinations(range(len(completions)), 2):
+                if rubric[i] != rubric[j]:
+                    a, b = (i, j) if rubric[i] > rubric[j] else (j, i)
+                    better.append((prompt, completions[a]))
+                    worse.append((prompt, completions[b]))
+        n_ideal = len(better)
+        if n_ideal:
+            ideal = pairwise_accuracy(score(model, tokenizer, *zip(*better)),
+                                      score(model, tokenizer, *zip(*worse))).item()
+        ceiling = noise_ceiling(rows, labeler)
+    return RewardReport(len(rows), pairwise_accuracy(chosen, rejected).item(), ideal, n_ideal,
+                        ceiling, chosen.tolist(), rejected.tolist(), table, error)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The embedded reward model: completions of the SFT model, ranked by the simulated labeler
+# ----------------------------------------------------------------------------------------------
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The text a chat model continues to answer ``prompt``: its user turn and the assistant's tag."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def sample_completions(model, tokenizer, prompts: Sequence[str], k: int = 4,
+                       max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0,
+                       max_rounds: int = 10) -> list[list[str]]:
+    """K different, non-empty completions of each prompt, sampled from a chat model.
+
+    Each round samples K more completions for every prompt that still lacks some; identical
+    (after stripping spaces) and empty ones are thrown away, since a ranking refuses them. A prompt
+    that has fewer than K after ``max_rounds`` rounds gets what it has (fewer than 2: none).
+    """
+    found: list[list[str]] = [[] for _ in prompts]
+    texts = [chat_prompt(tokenizer, p) for p in prompts] if tokenizer.chat_template else \
+        [p + "\n" for p in prompts]
+    for round_ in range(max_rounds):
+        pending = [i for i, f in enumerate(found) if len(f) < k]
+        if not pending:
+            break
+        asked = [i for i in pending for _ in range(k)]
+        out = generate(model, tokenizer, [texts[i] for i in asked], max_new_tokens=max_new_tokens,
+                       temperature=temperature, seed=seed + 100_003 * round_)
+        for i, completion in zip(asked, out.completions):
+            text = completion.strip()
+            if text and len(found[i]) < k and text not in found[i]:
+                found[i].append(text)
+    return [f if len(f) >= 2 else [] for f in found]
+
+
+def simulated_rankings(model, tokenizer, world: World, config: RewardConfig,
+                       model_name: str = "sft", split: str = "feedback") -> list[Ranking]:
+    """Rankings of completions sampled from ``model``, by the simulated labeler of lesson 3.
+
+    ``config.sets_per_question`` sets of ``config.k`` completions for every question of ``split``,
+    each ranked by ``SimulatedLabeler(world, noise=config.noise, seed=config.seed)``.
+    """
+    labeler = SimulatedLabeler(world, noise=config.noise, seed=config.seed)
+    questions = [q.text for q in world.questions(split)]
+    prompts = [q for _ in range(config.sets_per_question) for q in questions]
+    sets = sample_completions(model, tokenizer, prompts, config.k, config.max_new_tokens,
+                              config.temperature, config.seed)
+    rankings = []
+    for prompt, completions in zip(prompts, sets):
+        if len(completions) < 2:
+            continue
+        key = Item(prompt, tuple(completions), model_name).key(labeler.name)  # seeds the noise
+        ranking, ties = labeler.rank(prompt, completions, key)
+        rankings.append(Ranking(prompt, tuple(completions), ranking, ties,
+                                shown_order=shuffled_order(key, len(completions)),
+                                model=model_name, labeler=labeler.name, labeler_kind="simulated"))
+    return rankings
+
+
+def train(model, tokenizer, pairs, config: RewardConfig, eval_pairs=None,
+          progress: bool = True) -> list[dict]:
+    """``train_reward`` or ``train_reward_trl``, as ``config.trainer`` says."""
+    if config.trainer == "kit":
+        return train_reward(model, tokenizer, pairs, config, eval_pairs, progress)
+    if config.trainer == "trl":
+        return train_reward_trl(model, tokenizer, pairs, config, eval_pairs, progress)
+    raise ValueError(f"trainer must be 'kit' or 'trl', not {config.trainer!r}.")
+
+
+def build_reward(out_dir: str | Path, config: RewardConfig | None = None, source: str | Path = EMBEDDED,
+                 rankings: Iterable[Ranking] | None = None, progress: bool = True) -> dict:
+    """SFT model -> sampled completions -> simulated rankings -> reward model -> ``save_pretrained``.
+
+    ``source`` is ``"embedded"`` (its ``sft`` stage, built first if missing), a model folder or a
+    hub id: it writes the completions and gives the reward model its body. ``rankings`` replaces
+    the sampled ones (a learner's own, or ``feedback.load_example_rankings()``). Rankings are split
+    by prompt; the held-out ones are evaluated. Returns the metadata; the caller writes it.
+    """
+    config = config or RewardConfig()
+    started = time.perf_counter()
+    source_dir = ensure_stage("sft") if str(source) == EMBEDDED else source
+    # The world the SFT model read about judges its completions.
+    world = World(seed=read_metadata(source_dir).get("seed", 0))
+    tokenizer = load_tokenizer(source_dir)
+    if rankings is None:
+        policy = load_model(source_dir, device=pick_device())
+        rankings = simulated_rankings(policy, tokenizer, world, config)
+        del policy
+    rankings = list(rankings)
+    sampled_seconds = time.perf_counter() - started
+    train_rows, heldout_rows = split_by_prompt(rankings, config.heldout_share, config.seed)
+    # The head is initialised from the global generator: seeded, so a rebuild gives the same model.
+    seed_everything(config.seed)
+    model = load_model(source_dir, kind="reward", device=pick_device())
+    history = train(model, tokenizer, train_rows, config, heldout_rows, progress)
+    max_length = effective_max_length(model, config)
+    audit = audit_pairs(train_rows, tokenizer, max_length, verbose=False)
+    heldout_rows = audit_pairs(heldout_rows, tokenizer, max_length, verbose=False).kept
+    labeler = SimulatedLabeler(world, noise=config.noise, seed=config.seed)
+    simulated = all(r.labeler_kind == "simulated" for r in rankings)
+    report = evaluate_reward(model, tokenizer, heldout_rows, labeler if simulated else None)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    train_entries = [h for h in history if "loss/train" in h]
+    return {
+        "config": asdict(config),
+        "seed": world.seed,  # the world's seed, as in the earlier stages' metadata
+        "source": str(source_dir),
+        "rankings": len(rankings),
+        "pairs": {"train": audit.n_pairs, "kept": len(audit.kept),
+                  "dropped": [d["index"] for d in audit.dropped], "heldout": len(heldout_rows),
+                  "heldout_prompts": len({r["prompt"] for r in heldout_rows})},
+        "final_loss": train_entries[-1]["loss/train"],
+        "heldout": report.row(),
+        "calibration": report.calibration,
+        "sampling_seconds": sampled_seconds,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }
