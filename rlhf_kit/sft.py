@@ -17,7 +17,10 @@ conversation but is only graded on the assistant's turns: it should learn to ans
 not to write them.
 
 Data: the toy world's ``sft`` questions become conversations (some with a system message) whose
-assistant turns state the true fact, politely and briefly; ``heldout`` questions never appear.
+assistant turns state the true fact, politely and briefly ("Sure! Alice lives in Foxhill.");
+a follow-up often asks about the same person, sometimes only as "they", which only the earlier
+turns explain. ``heldout`` questions never appear. The same answers cut into single
+prompt->completion pairs make the single-turn set that the lesson compares with.
 Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
 tokens through the ``{% generation %}`` markers of the chat template. Reads the ``base``
 artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.ipynb``.
@@ -68,6 +71,7 @@ class SFTConfig:
     system_share: float = 0.3  # share of conversations that open with a system message (0 - 1)
     multi_turn: bool = True  # False: train on the single-turn prompt->completion set instead
     epochs: float = 3.0  # passes over the demonstrations (1 - 10)
+    max_steps: int = 0  # stop after this many optimiser steps instead (0: the epochs decide)
     batch_size: int = 8  # conversations per optimiser step (4 - 64); small batches, more updates
     lr: float = 2e-3  # peak learning rate (1e-5 for big hub models - 2e-3 for the embedded one)
     warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
@@ -487,6 +491,7 @@ def trl_arguments(config: SFTConfig, output_dir: str, device: torch.device) -> t
         output_dir=output_dir,  # nothing is saved there (save_strategy="no")
         seed=config.seed,
         num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,  # -1: Trainer's "not set"
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         learning_rate=config.lr,  # TRL's default, 2e-5, is for big pretrained models
@@ -653,11 +658,14 @@ def matched_single_turn(config: SFTConfig, n_conversations: int, n_examples: int
 
     Cutting ``n_conversations`` into ``n_examples`` single turns gives more, shorter examples.
     Batches of proportionally more of them keep the number of batches per epoch (up to
-    rounding), so both runs make as many updates and grade about as many answer tokens in each:
-    the only difference left is whether the model sees the earlier turns.
+    rounding, which ``max_steps`` evens out), so both runs make as many updates and grade about
+    as many answer tokens in each: the only difference left is whether the model sees the
+    earlier turns.
     """
     batches = math.ceil(n_conversations / config.batch_size)  # per epoch, in the multi-turn run
-    return replace(config, multi_turn=False, batch_size=math.ceil(n_examples / batches))
+    steps = config.max_steps or math.ceil(batches * config.epochs)
+    return replace(config, multi_turn=False, batch_size=math.ceil(n_examples / batches),
+                   max_steps=steps)
 
 
 def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = EMBEDDED,

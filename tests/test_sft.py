@@ -144,9 +144,11 @@ def test_single_turn_set_has_the_same_answers_and_self_contained_prompts(world):
 
 def test_matched_single_turn_run_has_as_many_steps():
     config = sft.SFTConfig()
-    twin = sft.matched_single_turn(config, 600, 1190)
+    twin = sft.matched_single_turn(config, 600, 1250)
     assert twin.multi_turn is False and twin.epochs == config.epochs and twin.lr == config.lr
-    assert math.ceil(600 / config.batch_size) == math.ceil(1190 / twin.batch_size) == 38
+    batches = math.ceil(600 / config.batch_size)  # 75 per epoch
+    assert twin.batch_size == math.ceil(1250 / batches) == 17  # 74 batches of 17: one less...
+    assert twin.max_steps == 3 * batches  # ...so the step count is set, not left to the epochs
 
 
 def test_heldout_dialogues_end_with_an_unanswered_heldout_question(world):
