@@ -383,3 +383,204 @@ def test_loss_inputs_include_the_shortest_text():
     inputs = NEXT_TOKEN_LOSS.inputs()
     assert min(x["logits"].shape[1] for x in inputs) == 2
     assert all(x["input_ids"].shape == x["logits"].shape[:2] for x in inputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 3 (human feedback): rankings to pairs, agreement between two labelers
+# ----------------------------------------------------------------------------------------------
+# The answers are plain data, not tensors: written here as a learner would, independently of the
+# implementations the checks list, right ones (in any order of the pairs) and typical wrong ones.
+
+from itertools import combinations, permutations  # noqa: E402
+
+from rlhf_kit.checks import (  # noqa: E402
+    AGREEMENT_RATE,
+    RANKING_TO_PAIRS,
+    check_agreement_rate,
+    check_ranking_to_pairs,
+)
+from rlhf_kit.feedback import agreement  # noqa: E402
+
+
+def learner_pairs(ranking, ties, tie_test=None):
+    """A learner's ranking_to_pairs: walk down the ranking, each completion against those below."""
+    tied_with_previous = {b for a, b in zip(ranking, ranking[1:]) if (a, b) in ties or (b, a) in ties}
+    group, groups = 0, {}
+    for index, completion in enumerate(ranking):
+        if index and completion not in tied_with_previous:
+            group += 1
+        groups[completion] = group
+    tie_test = tie_test or (lambda a, b: groups[a] == groups[b])
+    pairs, dropped = [], 0
+    for i, chosen in enumerate(ranking):
+        for rejected in ranking[i + 1:]:
+            if tie_test(chosen, rejected):
+                dropped += 1
+            else:
+                pairs.append((chosen, rejected))
+    return pairs, dropped
+
+
+def learner_pairs_in_index_order(ranking, ties):
+    """Right: the pairs as lists, in index order, ties found by place."""
+    place = {c: p for p, c in enumerate(ranking)}
+    tied = {frozenset(t) for t in ties}
+    group = {}
+    for p, c in enumerate(ranking):
+        group[c] = group[ranking[p - 1]] if p and frozenset((ranking[p - 1], c)) in tied else c
+    pairs = [[a, b] if place[a] < place[b] else [b, a]
+             for a, b in combinations(range(len(ranking)), 2) if group[a] != group[b]]
+    return pairs, len(ranking) * (len(ranking) - 1) // 2 - len(pairs)
+
+
+def learner_pairs_forgets_ties(ranking, ties):
+    return [(a, b) for i, a in enumerate(ranking) for b in ranking[i + 1:]], 0
+
+
+def learner_pairs_k_squared(ranking, ties):
+    return [(a, b) for a in ranking for b in ranking], 0
+
+
+def learner_pairs_permutations(ranking, ties):
+    return list(permutations(ranking, 2)), 0
+
+
+def learner_pairs_one_way(ranking, ties):
+    return learner_pairs(ranking, ties, tie_test=lambda a, b: (a, b) in ties)
+
+
+def learner_pairs_direct_ties(ranking, ties):
+    return learner_pairs(ranking, ties, tie_test=lambda a, b: (a, b) in ties or (b, a) in ties)
+
+
+def learner_pairs_neighbours(ranking, ties):
+    pairs, dropped = [], 0
+    for a, b in zip(ranking, ranking[1:]):
+        if (min(a, b), max(a, b)) in ties:
+            dropped += 1
+        else:
+            pairs.append((a, b))
+    return pairs, dropped
+
+
+def learner_pairs_no_count(ranking, ties):
+    return learner_pairs(ranking, ties)[0], 0
+
+
+def learner_pairs_rejected_first(ranking, ties):
+    pairs, dropped = learner_pairs(ranking, ties)
+    return [(b, a) for a, b in pairs], dropped
+
+
+def learner_agreement(first, second):
+    """A learner's agreement_rate: each labeler's verdict on each pair i < j, then compare."""
+    def verdicts(ranking, ties):
+        level, levels = 0, {}
+        for p, c in enumerate(ranking):
+            if p and (min(ranking[p - 1], c), max(ranking[p - 1], c)) not in ties:
+                level += 1
+            levels[c] = level
+        return {(i, j): (levels[i] > levels[j]) - (levels[i] < levels[j])  # 0 when tied
+                for i, j in combinations(range(len(ranking)), 2)}
+
+    same = total = 0
+    for (r1, t1), (r2, t2) in zip(first, second):
+        v1, v2 = verdicts(r1, t1), verdicts(r2, t2)
+        same += sum(v1[p] == v2[p] for p in v1)
+        total += len(v1)
+    return same / total
+
+
+def learner_agreement_against_itself(first, second):
+    return learner_agreement(first, first)
+
+
+def learner_agreement_without_ties(first, second):
+    return learner_agreement([(r, ()) for r, _ in first], [(r, ()) for r, _ in second])
+
+
+def learner_agreement_per_ranking(first, second):
+    rates = [learner_agreement([a], [b]) for a, b in zip(first, second)]
+    return sum(rates) / len(rates)
+
+
+def learner_agreement_identical(first, second):
+    return sum(a == b for a, b in zip(first, second)) / len(first)
+
+
+def learner_agreement_k_squared(first, second):
+    same = total = 0
+    for (r1, t1), (r2, t2) in zip(first, second):
+        k = len(r1)
+        rate = learner_agreement([(r1, t1)], [(r2, t2)])
+        same += rate * k * (k - 1) + k  # both orders of each pair, and each completion with itself
+        total += k * k
+    return same / total
+
+
+def learner_agreement_percent(first, second):
+    return 100 * learner_agreement(first, second)
+
+
+@pytest.mark.parametrize("check, fn", [
+    (check_ranking_to_pairs, learner_pairs),
+    (check_ranking_to_pairs, learner_pairs_in_index_order),
+    (check_agreement_rate, learner_agreement),
+    (check_agreement_rate, lambda first, second: agreement(list(first), list(second))),
+], ids=["pairs-walk", "pairs-index-order", "agreement-verdicts", "agreement-kit-on-lists"])
+def test_lesson_3_correct_answers_pass(check, fn, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+LESSON_3_MISTAKES = [
+    (check_ranking_to_pairs, learner_pairs_forgets_ties, "keeps the pairs marked as ties"),
+    (check_ranking_to_pairs, learner_pairs_k_squared, "in both orders (K² or K·(K-1) pairs)"),
+    (check_ranking_to_pairs, learner_pairs_permutations, "in both orders (K² or K·(K-1) pairs)"),
+    (check_ranking_to_pairs, learner_pairs_one_way, "misses a tie when the completion ranked higher"),
+    (check_ranking_to_pairs, learner_pairs_direct_ties, "in a run of ties"),
+    (check_ranking_to_pairs, learner_pairs_neighbours, "pairs only neighbours"),
+    (check_ranking_to_pairs, learner_pairs_no_count, "does not count them"),
+    (check_ranking_to_pairs, learner_pairs_rejected_first, "puts the worse completion first"),
+    (check_ranking_to_pairs, lambda r, t: learner_pairs(r, t)[0], "returns only the pairs"),
+    (check_agreement_rate, learner_agreement_against_itself, "with themselves, which always agree"),
+    (check_agreement_rate, learner_agreement_without_ties, "ignores the ties"),
+    (check_agreement_rate, learner_agreement_per_ranking, "averages the rate of each completion set"),
+    (check_agreement_rate, learner_agreement_identical, "counts the completion sets ranked identically"),
+    (check_agreement_rate, learner_agreement_k_squared, "counts K² pairs per ranking"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", LESSON_3_MISTAKES,
+                         ids=[f"{c.__name__[6:]}-{p[:24]}" for c, _, p in LESSON_3_MISTAKES])
+def test_lesson_3_mistakes_written_by_a_learner_are_recognised(check, wrong, phrase):
+    with pytest.raises(CheckFailed) as failed:
+        check(wrong)
+    assert phrase in str(failed.value)
+
+
+def test_lesson_3_other_differences_point_at_the_input():
+    """A slip that is no typical mistake: the first input where it shows, rebuildable from the message."""
+    message = fails_with(check_agreement_rate, learner_agreement_percent)
+    assert message.startswith("agreement_rate returned ") and "on random input 1 of 20 (first=((" in message
+    assert message.endswith(f"where the reference returns {AGREEMENT_RATE.reference_function()(*AGREEMENT_RATE.inputs()[0].values())!r}.")
+
+    def off_for_nine(ranking, ties):  # wrong only on the edge case of nine completions
+        pairs, dropped = learner_pairs(ranking, ties)
+        return (pairs[:-1], dropped) if len(ranking) == 9 else (pairs, dropped)
+
+    message = fails_with(check_ranking_to_pairs, off_for_nine)
+    assert message == ("ranking_to_pairs returned a list of length 35 (element 0 of what it returns) on "
+                       "random input 20 of 20 (ranking=(8, 3, 5, 0, 7, 1, 6, 2, 4), ties=()), where the "
+                       "reference returns a list of length 36.")
+
+
+def test_lesson_3_inputs_hold_ties_runs_of_ties_and_every_size():
+    inputs = RANKING_TO_PAIRS.inputs()
+    assert {len(x["ranking"]) for x in inputs} >= {2, 4, 9}
+    assert all(isinstance(x["ranking"], tuple) and isinstance(x["ties"], tuple) for x in inputs)
+    assert sum(bool(x["ties"]) for x in inputs) >= 5
+    assert any(len(x["ties"]) >= 2 for x in inputs)
+    for x in AGREEMENT_RATE.inputs():  # the two labelers ranked the same completion sets
+        assert [len(r) for r, _ in x["first"]] == [len(r) for r, _ in x["second"]]
+    assert any(len({len(r) for r, _ in x["first"]}) > 1 for x in AGREEMENT_RATE.inputs())
