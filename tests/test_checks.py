@@ -584,3 +584,191 @@ def test_lesson_3_inputs_hold_ties_runs_of_ties_and_every_size():
     for x in AGREEMENT_RATE.inputs():  # the two labelers ranked the same completion sets
         assert [len(r) for r, _ in x["first"]] == [len(r) for r, _ in x["second"]]
     assert any(len({len(r) for r, _ in x["first"]}) > 1 for x in AGREEMENT_RATE.inputs())
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 5 (learning from rewards): the sample average, ∇ log π, the REINFORCE loss, Bradley–Terry
+# ----------------------------------------------------------------------------------------------
+# Written here as a learner would, independently of the implementations the checks list: right
+# answers by other routes pass, and the typical wrong ones are named.
+
+from rlhf_kit.checks import (  # noqa: E402
+    LOG_POLICY_GRADIENT,
+    PREFERENCE_PROBABILITY,
+    REINFORCE_LOSS,
+    SAMPLE_AVERAGE_UPDATE,
+    check_log_policy_gradient,
+    check_preference_probability,
+    check_reinforce_loss,
+    check_sample_average_update,
+)
+
+
+def average_by_weights(estimate, count, reward):
+    """Right: the old average stands for count - 1 rewards, the new reward for one."""
+    return ((count - 1) * estimate + reward) / count
+
+
+def gradient_by_autograd(logits, actions):
+    """Right: let autograd differentiate log π(a)."""
+    logits = logits.clone().requires_grad_(True)
+    taken = torch.log_softmax(logits, dim=-1).gather(-1, actions[:, None]).sum()
+    (gradient,) = torch.autograd.grad(taken, logits)
+    return gradient
+
+
+def gradient_by_rows(logits, actions):
+    """Right, slowly: one run at a time, a stable softmax by hand."""
+    rows = []
+    for row, action in zip(logits, actions.tolist()):
+        weights = torch.exp(row - row.max())
+        gradient = -weights / weights.sum()
+        gradient[action] += 1
+        rows.append(gradient)
+    return torch.stack(rows)
+
+
+def reinforce_with_cross_entropy(logits, actions, rewards, baseline):
+    """Right: -log π(a) is the cross-entropy of the taken action."""
+    nll = F.cross_entropy(logits, actions, reduction="none")  # (R,)
+    return ((rewards - baseline) * nll).mean()
+
+
+def preference_from_softmax(score_a, score_b):
+    """Right: the softmax over the two scores, a's share (stable: softmax subtracts the max)."""
+    return torch.softmax(torch.stack([score_a, score_b]), dim=0)[0]
+
+
+def preference_from_exp(score_a, score_b):
+    """Right: 1 / (1 + e^(b - a)); overflows to inf when b - a > 88, and 1 / inf is 0."""
+    return 1 / (1 + torch.exp(score_b - score_a))
+
+
+@pytest.mark.parametrize("check, fn", [
+    (check_sample_average_update, average_by_weights),
+    (check_log_policy_gradient, gradient_by_autograd),
+    (check_log_policy_gradient, gradient_by_rows),
+    (check_reinforce_loss, reinforce_with_cross_entropy),
+    (check_preference_probability, preference_from_softmax),
+    (check_preference_probability, preference_from_exp),
+], ids=["average-weights", "gradient-autograd", "gradient-rows", "reinforce-cross-entropy",
+        "preference-softmax", "preference-exp"])
+def test_lesson_5_correct_answers_pass(check, fn, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+def learner_average_replaces(estimate, count, reward):
+    return reward.clone()
+
+
+def learner_average_previous_count(estimate, count, reward):
+    previous = count - 1  # "the number of rewards before this one"
+    return estimate + (reward - estimate) / (previous + 2)
+
+
+def learner_average_learning_rate(estimate, count, reward, alpha=0.1):
+    return (1 - alpha) * estimate + alpha * reward
+
+
+def learner_gradient_of_softmax(logits, actions):
+    probs = logits.softmax(-1)
+    picked = probs[torch.arange(len(actions)), actions][:, None]
+    return picked * (F.one_hot(actions, logits.shape[-1]) - probs)
+
+
+def learner_gradient_flipped(logits, actions):
+    return logits.softmax(-1) - F.one_hot(actions, logits.shape[-1]).float()
+
+
+def learner_gradient_naive_softmax(logits, actions):
+    e = logits.exp()
+    return F.one_hot(actions, logits.shape[-1]) - e / e.sum(-1, keepdim=True)
+
+
+def learner_reinforce_plain(logits, actions, rewards, baseline):
+    logprobs = logits.log_softmax(-1)[torch.arange(len(actions)), actions]
+    return -(logprobs * rewards).mean()
+
+
+def learner_reinforce_maximises(logits, actions, rewards, baseline):
+    logprobs = logits.log_softmax(-1)[torch.arange(len(actions)), actions]
+    return (logprobs * (rewards - baseline)).mean()
+
+
+def learner_reinforce_probs(logits, actions, rewards, baseline):
+    probs = logits.softmax(-1)[torch.arange(len(actions)), actions]
+    return -(probs * (rewards - baseline)).mean()
+
+
+def learner_reinforce_log_of_softmax(logits, actions, rewards, baseline):
+    logprobs = logits.softmax(-1).log()[torch.arange(len(actions)), actions]
+    return -(logprobs * (rewards - baseline)).mean()
+
+
+def learner_reinforce_baseline_minus_reward(logits, actions, rewards, baseline):
+    nll = F.cross_entropy(logits, actions, reduction="none")  # -log π(a): two sign flips cancel
+    return ((baseline - rewards) * -nll).sum()
+
+
+def learner_preference_backwards(score_a, score_b):
+    return 1 - torch.sigmoid(score_a - score_b)
+
+
+def learner_preference_naive(score_a, score_b):
+    return score_a.exp() / (score_a.exp() + score_b.exp())
+
+
+LESSON_5_MISTAKES = [
+    (check_sample_average_update, learner_average_replaces, "forgets the old estimate"),
+    (check_sample_average_update, learner_average_previous_count, "divides by the wrong count"),
+    (check_sample_average_update, learner_average_learning_rate, "fixed step size"),
+    (check_log_policy_gradient, learner_gradient_of_softmax, "the gradient of π(a), not of log π(a)"),
+    (check_log_policy_gradient, learner_gradient_flipped, "wrong sign"),
+    (check_log_policy_gradient, learner_gradient_naive_softmax, "overflows on large logits"),
+    (check_reinforce_loss, learner_reinforce_plain, "ignores the baseline"),
+    (check_reinforce_loss, learner_reinforce_maximises, "wrong sign"),
+    (check_reinforce_loss, learner_reinforce_probs, "probabilities instead of log-probabilities"),
+    (check_reinforce_loss, learner_reinforce_log_of_softmax, "log of a softmax that underflowed"),
+    (check_reinforce_loss, learner_reinforce_baseline_minus_reward, "adds up the runs' losses"),
+    (check_preference_probability, learner_preference_backwards, "probability that b wins"),
+    (check_preference_probability, learner_preference_naive, "overflows on large scores"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", LESSON_5_MISTAKES, ids=[w.__name__ for _, w, _ in LESSON_5_MISTAKES])
+def test_lesson_5_mistakes_written_by_a_learner_are_recognised(check, wrong, phrase):
+    with pytest.raises(CheckFailed) as failed:
+        check(wrong)
+    assert phrase in str(failed.value)
+
+
+def test_lesson_5_other_differences_point_at_the_input():
+    def detached_float(logits, actions, rewards, baseline):
+        return float(REINFORCE_LOSS.reference_function()(logits, actions, rewards, baseline))
+
+    message = fails_with(check_reinforce_loss, detached_float)
+    assert message.startswith("reinforce_loss returned a float on random input 1 of 20 (logits of shape")
+    assert ".item()" in message
+
+    def per_run(logits, actions, rewards, baseline):  # forgot to average: one loss per run
+        taken = logits.log_softmax(-1).gather(-1, actions[:, None]).squeeze(-1)
+        return -(rewards - baseline) * taken
+
+    assert "returned a tensor of shape" in fails_with(check_reinforce_loss, per_run)
+
+
+def test_lesson_5_inputs_hold_the_edge_cases():
+    averages = SAMPLE_AVERAGE_UPDATE.inputs()
+    assert any((x["count"] == 1).all() for x in averages)  # the first reward of an arm
+    assert any(x["estimate"].dim() == 0 for x in averages) and any(x["estimate"].dim() == 2 for x in averages)
+    assert any(x["logits"].abs().max() >= 1000 for x in LOG_POLICY_GRADIENT.inputs())
+    reinforce = REINFORCE_LOSS.inputs()
+    baselines = [x["baseline"] for x in reinforce]
+    assert any(isinstance(b, torch.Tensor) for b in baselines)  # one per run, as a value model gives
+    numbers = [b for b in baselines if isinstance(b, float)]
+    assert sum(b != 0 for b in numbers) >= 5 and 0.0 in numbers  # 0: plain REINFORCE, an edge case
+    assert any(x["rewards"].mean() > 2 for x in reinforce)  # rewards far from 0: the baseline matters
+    preferences = PREFERENCE_PROBABILITY.inputs()
+    assert any(torch.equal(x["score_a"], x["score_b"]) for x in preferences)
+    assert any(x["score_a"].abs().max() >= 100 for x in preferences)
