@@ -341,3 +341,53 @@ def test_how_nbval_results_become_verdicts(tmp_path):
     missing = _verdict(1, "t", [(a, "")], ["check_f(f)"])
     assert missing.status == "fails" and "`check_f(f)` is missing from your notebook" in missing.detail
     assert _verdict(1, "t", [(a, "")], []).status == "passes"
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 3 (human feedback): no model, so its notebook is checked in seconds
+# ----------------------------------------------------------------------------------------------
+
+LESSON_3 = ROOT / "solutions" / "03_human_feedback_solutions.ipynb"
+LESSON_3_EXERCISES = ROOT / "exercises" / "03_human_feedback_exercises.ipynb"
+
+
+def lesson_3_learner(replace: dict[str, str]) -> nbformat.NotebookNode:
+    nb = nbformat.read(LESSON_3_EXERCISES, as_version=4)
+    for cell in nb.cells:
+        cell.source = replace.get(cell.id, cell.source)
+    return nb
+
+
+def test_lesson_3_exercises_are_runnable_stubs():
+    solution = nbformat.read(LESSON_3, as_version=4)
+    exercises = nbformat.read(LESSON_3_EXERCISES, as_version=4)
+    found = find_exercises(solution)
+    assert [e.title for e in found] == ["rankings to pairs", "agreement between two labelers"]
+    stubs = {c.id: c.source for c in exercises.cells if c.id in {e.cell_id for e in found}}
+    assert set(stubs) == {"pairs-solution", "agree-solution"}
+    for source in stubs.values():
+        ast.parse(source)
+        assert 'raise NotImplementedError("Hint: ' in source and "SOLUTION" not in source
+    checks = {c.id: c.source for c in solution.cells}
+    assert checks["pairs-check"] == "check_ranking_to_pairs(ranking_to_pairs)"
+    assert checks["agree-check"] == "check_agreement_rate(agreement_rate)"
+    assert any(c.get("outputs") for c in solution.cells if c.cell_type == "code")
+    assert not any(c.get("outputs") for c in exercises.cells if c.cell_type == "code")
+
+
+def test_lesson_3_check_reports_a_forgotten_tie_and_an_exercise_to_do(tmp_path, capsys):
+    solution = nbformat.read(LESSON_3, as_version=4)
+    solved = {c.id: c.source for c in solution.cells}
+    forgets_ties = solved["pairs-solution"].replace("if groups[chosen] == groups[rejected]:", "if False:")
+    assert forgets_ties != solved["pairs-solution"]
+    path = tmp_path / LESSON_3_EXERCISES.name
+    nbformat.write(lesson_3_learner({"pairs-solution": forgets_ties}), path)
+    assert main(["check", str(path), "--solution", str(LESSON_3)]) == 1
+    out = capsys.readouterr().out
+    assert ("✗ Exercise 1 (rankings to pairs) fails: ranking_to_pairs keeps the pairs marked as ties") in out
+    assert "○ Exercise 2 (agreement between two labelers) is still to do. Hint: give each completion" in out
+    assert "0 of 2 exercises pass, 1 fails, 1 still to do." in out
+
+    nbformat.write(lesson_3_learner({e.cell_id: solved[e.cell_id] for e in find_exercises(solution)}), path)
+    assert main(["check", str(path)]) == 0
+    assert "2 of 2 exercises pass, 0 fail, 0 still to do." in capsys.readouterr().out
