@@ -1,43 +1,60 @@
 """The ranking widget in a real JupyterLab: clicks reach the store, errors reach the screen.
 
-A notebook with the lesson's widget cell is opened in headless Chromium. The test submits an
-incomplete ranking (its error must appear in the widget, and nothing may be stored), then ranks
-by clicking, with a tie, submits, and reads the ranking back from the SQLite file, from outside
-the kernel. Running the cell again must resume on the next prompt.
+The notebook opened in headless Chromium runs the lesson's own cells, read from
+``course/03_human_feedback.ipynb``: its set-up cell, then its widget cell (tagged
+``ranking-widget``), which opens the store in the artifacts folder and shows the widget. The test
+puts that folder in its own directory and, instead of sampling the SFT model, gives the widget
+two prompts of its own. It submits an incomplete ranking (its error must appear in the widget, and
+nothing may be stored), then ranks by clicking, with a tie, submits, and reads the ranking back
+from the SQLite file, from outside the kernel. Running the cells again must resume on the next
+prompt.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nbformat
 import pytest
 
 from rlhf_kit.feedback import RankingStore
 
-WIDGET_CELL = '''\
-from rlhf_kit.feedback import Item, RankingStore
-from rlhf_kit.widgets import RankingWidget
+LESSON = Path(__file__).resolve().parents[2] / "course" / "03_human_feedback.ipynb"
+WIDGET_TAG = "ranking-widget"
 
-store = RankingStore("rankings.sqlite")
-items = [
-    Item("Where does Alice live?", ("Alice lives in Brookfield.", "I don't know.",
-                                    "Nobody cares, loser.", "Alice lives in Oakridge."), "test"),
-    Item("What is Bruno's job?", ("Bruno works as a baker.", "Why do you ask?"), "test"),
-]
-widget = RankingWidget(store, items)
-widget'''
+ITEMS_CELL = '''\
+items = [  # in the lesson: the SFT model's answers to eight prompts
+    feedback.Item("Where does Alice live?", ("Alice lives in Brookfield.", "I don't know.",
+                                             "Nobody cares, loser.", "Alice lives in Oakridge."), "test"),
+    feedback.Item("What is Bruno's job?", ("Bruno works as a baker.", "Why do you ask?"), "test"),
+]'''
+
+
+def lesson_cells() -> tuple[str, str]:
+    """The lesson's set-up cell and its widget cell (the one tagged ``ranking-widget``)."""
+    cells = nbformat.read(LESSON, as_version=4).cells
+    setup = next(c.source for c in cells if c.get("id") == "setup")
+    [widget] = [c.source for c in cells if WIDGET_TAG in c.metadata.get("tags", [])]
+    assert "RankingWidget(" in widget and "default_store_path()" in widget
+    return setup, widget
 
 
 @pytest.mark.browser
 def test_ranking_is_clicked_submitted_and_stored(lab):
     from playwright.sync_api import expect
 
-    page = lab.open(lab.write_notebook("ranking.ipynb", [WIDGET_CELL]))
+    setup, widget_cell = lesson_cells()
+    home = lab.folder / "artifacts"  # the kernel's artifacts folder: the store lands in it
+    isolate = f"import os\nos.environ['RLHF_KIT_HOME'] = {str(home)!r}"
+    page = lab.open(lab.write_notebook("ranking.ipynb", [isolate, setup, ITEMS_CELL, widget_cell]))
     lab.run_all(page)
     widget = page.locator(".rlhf-ranking")
     expect(widget).to_be_visible()
     expect(widget.locator(".rlhf-progress")).to_contain_text("Ranked 0 of 2 prompts · 0 skipped")
     expect(widget.locator(".rlhf-prompt")).to_contain_text("Where does Alice live?")
     expect(widget.locator(".rlhf-pick")).to_have_count(4)
-    store_path = lab.folder / "rankings.sqlite"
+    store_path = home / "feedback" / "rankings.sqlite"
+    assert store_path.exists()  # created by the widget cell, before anything is ranked
 
     # An invalid submission: one completion ranked out of four.
     widget.locator(".rlhf-pick-2").click()
@@ -74,7 +91,7 @@ def test_ranking_is_clicked_submitted_and_stored(lab):
     widget.locator(".rlhf-pick-0").click()
     expect(widget.locator(".rlhf-pick-0")).to_have_text("#1")
     lab.run_all(page)
-    expect(page.locator(".jp-InputPrompt").first).to_contain_text("[2]")
+    expect(page.locator(".jp-InputPrompt").first).to_contain_text("[5]")  # four cells, run twice
     widget = page.locator(".rlhf-ranking")
     expect(widget.locator(".rlhf-pick-0")).to_have_text("rank")
     expect(widget.locator(".rlhf-progress")).to_contain_text("Ranked 1 of 2 prompts")
