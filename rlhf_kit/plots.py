@@ -70,3 +70,43 @@ def scoreboard(rows: Sequence[dict], intervals: Sequence[dict] | None = None,
     fig.update_layout(template=TEMPLATE, title=title, barmode="group", yaxis_range=[0, 1],
                       yaxis_title="share of replies", height=360)
     return fig
+
+
+# -- lesson 5: learning from rewards -------------------------------------------------------------
+
+
+def compare_runs(histories: dict[str, Sequence[dict]], key: str, title: str = "",
+                 yaxis_title: str | None = None, x: str = "step",
+                 yaxis_range: Sequence[float] | None = None, every: int = 1) -> go.Figure:
+    """One line per named history, all showing metric ``key`` (e.g. one line per ε); ``every``
+    keeps one point in so many (and the last), which keeps long runs small in a notebook."""
+    fig = go.Figure()
+    for name, history in histories.items():
+        kept = [h for i, h in enumerate(history) if i % every == every - 1 or i == len(history) - 1]
+        points = [(h[x], h[key]) for h in kept if key in h]
+        fig.add_scatter(x=[p[0] for p in points], y=[round(p[1], 4) for p in points], mode="lines", name=name)
+    fig.update_layout(template=TEMPLATE, title=title, xaxis_title=x, yaxis_title=yaxis_title or key,
+                      height=340, yaxis_range=yaxis_range)
+    return fig
+
+
+def reward_distributions(samples: dict[str, Sequence[float]], title: str = "",
+                         yaxis_title: str = "reward") -> go.Figure:
+    """One violin per action: the rewards it paid (Sutton & Barto's figure 2.1)."""
+    fig = go.Figure()
+    for name, values in samples.items():
+        fig.add_violin(y=[round(v, 4) for v in values], name=name, box_visible=True,
+                       meanline_visible=True, points=False)
+    fig.update_layout(template=TEMPLATE, title=title, xaxis_title="action", yaxis_title=yaxis_title,
+                      showlegend=False, height=340)
+    return fig
+
+
+def grouped_bars(columns: dict[str, Sequence[float]], labels: Sequence[str], title: str = "",
+                 yaxis_title: str = "") -> go.Figure:
+    """Grouped bars: one group per label, one bar per column (e.g. true and learned scores)."""
+    fig = go.Figure()
+    for name, values in columns.items():
+        fig.add_bar(name=name, x=list(labels), y=[round(v, 4) for v in values])
+    fig.update_layout(template=TEMPLATE, title=title, barmode="group", yaxis_title=yaxis_title, height=340)
+    return fig
