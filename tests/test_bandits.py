@@ -244,3 +244,20 @@ def test_policy_gradient_on_the_learned_reward_finds_the_best_arm():
                                       true_values=true_scores)
     assert (logits.argmax(-1) == 1).float().mean() > 0.9
     assert history[-1]["true reward"] > 1.8
+
+
+def test_the_written_out_bradley_terry_gradient_is_autograds():
+    """fit_bradley_terry steps along a hand-written gradient: one step from given scores equals a
+    step of gradient descent on bradley_terry_nll + l2 * mean(s^2) computed by autograd."""
+    winners, losers = torch.tensor([0, 2, 1, 0, 3]), torch.tensor([1, 1, 3, 2, 0])
+    one_step = B.fit_bradley_terry(4, winners, losers, steps=1, lr=0.3, l2=0.1)
+    scores = torch.zeros(4, requires_grad=True)
+    loss = B.bradley_terry_nll(scores, winners, losers) + 0.1 * scores.pow(2).mean()
+    (gradient,) = torch.autograd.grad(loss, scores)
+    expected = -0.3 * gradient
+    torch.testing.assert_close(one_step, expected - expected.mean())
+    # and at the end of a fit the gradient of the (regularised) loss is zero
+    fitted = B.fit_bradley_terry(4, winners, losers, steps=2000, l2=0.1).requires_grad_(True)
+    loss = B.bradley_terry_nll(fitted, winners, losers) + 0.1 * fitted.pow(2).mean()
+    (gradient,) = torch.autograd.grad(loss, fitted)
+    assert gradient.abs().max() < 1e-4
