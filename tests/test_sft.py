@@ -143,7 +143,7 @@ def test_single_turn_set_has_the_same_answers_and_self_contained_prompts(world):
 
 
 def test_matched_single_turn_run_has_as_many_steps():
-    config = sft.SFTConfig()
+    config = sft.SFTConfig(epochs=3.0, batch_size=8)
     twin = sft.matched_single_turn(config, 600, 1250)
     assert twin.multi_turn is False and twin.epochs == config.epochs and twin.lr == config.lr
     batches = math.ceil(600 / config.batch_size)  # 75 per epoch

@@ -1,0 +1,103 @@
+"""Benchmark: fine-tune the embedded base model (SFT) and measure lesson 2's figures.
+
+Prints, for the default ``SFTConfig`` on this machine (fixed seeds throughout):
+
+* the wall time of the whole SFT build (loading the base model, demonstrations, TRL's set-up,
+  training, saving) and of the training steps alone;
+* on held-out questions (each asked 4 times at temperature 1, seed 0, as in lesson 1): the
+  answer, false-statement and rudeness rates and the format rate of the base model (in plain
+  text as in lesson 1, and through the chat template) and of the SFT model (chat template);
+* single-turn versus multi-turn training: the SFT model against its single-turn twin (same
+  answers, epochs and number of steps, ``sft.matched_single_turn``) on 200 held-out multi-turn
+  conversations, split by whether the last question names the person or says "they", and on
+  the held-out questions asked alone.
+
+Reads the ``base`` artifact (built first if missing, which takes minutes and is not timed).
+Run: ``python bench/bench_sft.py`` (about 3 minutes on 2 quiet CPU cores). Nothing else should run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from rlhf_kit import sft
+from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.evaluate import evaluate_chat, fault_rates
+from rlhf_kit.models import load_model, load_tokenizer
+from rlhf_kit.world import World
+
+
+def rates(name: str, report, format_rate: float | None = None) -> str:
+    line = (f"  {name:<28} answer {report.answer_rate:.3f}  false {report.false_rate:.3f}  "
+            f"rude {report.rude_rate:.3f}  (n={report.n})")
+    return line + (f"  format {format_rate:.3f}" if format_rate is not None else "")
+
+
+def turn_rates(name: str, model, tokenizer, world: World, dialogues, says_they) -> str:
+    result = evaluate_chat(model, tokenizer, world, dialogues, name=name)
+    answers = [j.answers for _, _, j in result.report.samples]
+    named = sum(a for a, t in zip(answers, says_they) if not t) / says_they.count(False)
+    they = sum(a for a, t in zip(answers, says_they) if t) / says_they.count(True)
+    alone = evaluate_chat(model, tokenizer, world, sft.single_questions(world.questions("heldout")),
+                          samples_per_question=4, name=name)
+    return (f"  {name:<28} conversations {result.report.answer_rate:.3f} (by name {named:.3f}, "
+            f"\"they\" {they:.3f}), format {result.format_rate:.3f}; questions alone "
+            f"{alone.report.answer_rate:.3f}")
+
+
+def main() -> None:
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    base_dir = ensure_stage("base")
+    print("load average at start (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    config = sft.SFTConfig()
+    world = World(seed=0)
+    heldout = world.questions("heldout")
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        metadata = sft.build_sft(folder, config, base=str(base_dir), progress=False)
+        build = time.perf_counter() - start
+        train_seconds = max(h["seconds"] for h in metadata["history"])
+        steps = max(h["step"] for h in metadata["history"])
+        print(f"\nSFT build: {build:.1f} s wall ({train_seconds:.1f} s of training, {steps} steps, "
+              f"{metadata['examples']} conversations); final loss {metadata['final_loss']:.3f}, "
+              f"held-out loss {metadata['final_eval_loss']:.3f}")
+        sft_model, tokenizer = load_model(folder), load_tokenizer(folder)
+
+        base_model, base_tokenizer = load_model(base_dir), load_tokenizer(base_dir)
+        print("\nHeld-out questions, 4 samples each at temperature 1, seed 0:")
+        base = fault_rates(base_model, base_tokenizer, world, heldout, samples_per_question=4, name="base")
+        print(rates("base (plain text, lesson 1)", base))
+        base_chat = evaluate_chat(base_model, base_tokenizer, world, sft.single_questions(heldout),
+                                  samples_per_question=4, name="base")
+        print(rates("base (chat template)", base_chat.report, base_chat.format_rate))
+        chat = evaluate_chat(sft_model, tokenizer, world, sft.single_questions(heldout),
+                             samples_per_question=4, name="SFT")
+        print(rates("SFT (chat template)", chat.report, chat.format_rate))
+
+        demonstrations = sft.demonstrations_for(world, config, tokenizer, sft_model)
+        singles = sft.to_single_turn(demonstrations)
+        twin = sft.matched_single_turn(config, len(demonstrations), len(singles))
+        single_model, single_tokenizer = load_model(base_dir), load_tokenizer(base_dir)
+        start = time.perf_counter()
+        history = sft.train_sft(single_model, single_tokenizer, singles, twin, progress=False)
+        print(f"\nSingle-turn twin: {len(singles)} examples in batches of {twin.batch_size}, "
+              f"{max(h['step'] for h in history)} steps, {time.perf_counter() - start:.1f} s")
+
+        dialogues = sft.heldout_dialogues(world, n=200)
+        says_they = [sft.refers_back(messages[-1]["content"]) for messages, _ in dialogues]
+        print(f"Held-out multi-turn conversations: {len(dialogues)} ({says_they.count(True)} end with "
+              f"\"they\"), temperature 1, seed 0; questions alone: 4 samples each")
+        print(turn_rates("multi-turn SFT", sft_model, tokenizer, world, dialogues, says_they))
+        print(turn_rates("single-turn SFT", single_model, single_tokenizer, world, dialogues, says_they))
+    print("\nload average at end (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
