@@ -10,8 +10,8 @@ Prints, for ``RewardConfig`` (the defaults, fixed seed, unless ``--set`` changes
 The ``sft`` stage is built first if it is missing (minutes on a CPU; ``--source`` names another
 model folder). ``--threads N`` runs torch on N threads, to measure what a 2-core laptop would see.
 
-Run: ``python bench/bench_reward.py --threads 2`` (about two minutes on 2 CPU cores once the SFT
-model exists). Nothing else should run.
+Run: ``python bench/bench_reward.py --threads 2`` (about two minutes on 2 idle CPU cores once
+the SFT model exists, TRL's run included). Nothing else should run.
 """
 
 from __future__ import annotations

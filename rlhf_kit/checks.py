@@ -2057,7 +2057,7 @@ EXERCISES.update({exercise.name: exercise for exercise in (SAMPLE_AVERAGE_UPDATE
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 5 (PPO): KL-penalised rewards, GAE, the clipped policy loss, the clipped value loss
+# Lesson 6 (PPO): KL-penalised rewards, GAE, the clipped policy loss, the clipped value loss
 # ----------------------------------------------------------------------------------------------
 #
 # Inputs look like one batch of PPO: B completions of up to T tokens, each a run of real tokens

@@ -43,7 +43,7 @@ PPO* (Hugging Face blog, 2023; ICLR 2024 blog track): log-probabilities at the s
 temperature, no dropout, whitened advantages, a penalty for completions that never end. The guards
 (finite numbers, a KL ceiling, a probability ratio of 1 before the first update) stop a broken run
 with a sentence instead of letting it train on garbage. Reads the ``sft`` and ``reward`` artifacts (or any model
-folder or hub id); writes the ``ppo`` artifact. Taught in ``course/05_ppo.ipynb``.
+folder or hub id); writes the ``ppo`` artifact. Taught in ``course/06_ppo.ipynb`` (still to come).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .runtime import NonFiniteLoss  # a loss, KL, value or advantage became NaN or infinite
 from .sampling import generate
 from .tokenizer import end_of_turn_id
 
@@ -90,10 +91,6 @@ class PPOConfig:
     max_ratio: float = 10.0  # stop when a minibatch's mean probability ratio exceeds this (2 - 20)
     checkpoint_every: int = 0  # batches between checkpoints, given a checkpoint_dir (0: only at the end)
     log_samples: int = 4  # completions per batch kept in the history's table of samples (0 - 32)
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A loss, KL, value or advantage became NaN or infinite; the run stops instead of carrying on."""
 
 
 class NonFiniteReward(NonFiniteLoss):

@@ -61,12 +61,11 @@ from .runtime import NonFiniteLoss, pick_device, preferred_dtype, seed_everythin
 from .sampling import generate
 from .world import World
 
-PAIR_COLUMNS = ("prompt", "chosen", "rejected", "group_id", "weight")
-
 
 @dataclass
 class RewardConfig:
-    """Everything that decides the reward model. Defaults: about a minute on 2 CPU cores.
+    """Everything that decides the reward model. Defaults: about a minute on 2 CPU cores
+    (sampling the completions included).
 
     Not TRL's ``trl.RewardConfig``: this one holds the few settings the course varies, and
     ``trl_arguments`` translates it into TRL's many.
@@ -75,7 +74,7 @@ class RewardConfig:
     seed: int = 0  # sampling, labelling, the held-out split, the head's initialisation, batch order
     # -- data (the embedded stage: completions of the SFT model, ranked by the simulated labeler)
     k: int = 4  # completions ranked per prompt (2 - 9; InstructGPT showed 4 to 9)
-    sets_per_question: int = 6  # rankings per question of the world's feedback split (1 - 20)
+    sets_per_question: int = 12  # rankings per question of the feedback split's 48 (1 - 40)
     max_new_tokens: int = 24  # length cap of a sampled completion, in tokens (16 - 64)
     temperature: float = 1.0  # sampling temperature (0.7 - 1.3): higher gives more varied sets
     noise: float = DEFAULT_NOISE  # the simulated labeler's Gumbel noise (0 = the rubric; 1.13 ≈ people)
@@ -85,7 +84,7 @@ class RewardConfig:
     trainer: str = "kit"  # "kit": the grouped loop below; "trl": TRL's RewardTrainer
     epochs: float = 2.0  # passes over the rankings (1 - 4; InstructGPT: 1, more overfits)
     rankings_per_batch: int = 8  # whole rankings per optimiser step (4 - 64; InstructGPT: 64)
-    lr: float = 3e-4  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
+    lr: float = 1e-3  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
     warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
     weight_decay: float = 0.0  # AdamW decay (0 - 0.1); the run is too short to need it
     grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
