@@ -44,6 +44,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -502,10 +503,33 @@ class RankingStore:
         self._con = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
                                     check_same_thread=False)
         try:
-            self._open()
+            self._open_waiting(busy_timeout_s)
         except BaseException:
             self._con.close()
             raise
+
+    def _open_waiting(self, timeout_s: float) -> None:
+        """Open, retrying while another process holds the file's lock (it may be creating it).
+
+        SQLite's busy timeout covers reads and ``BEGIN IMMEDIATE``, but switching a file to WAL
+        can report "database is locked" at once, without waiting, while another connection is
+        creating the schema or checkpointing. Every step of ``_open`` is safe to repeat.
+        """
+        deadline = time.monotonic() + timeout_s
+        pause = 0.005
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) and "busy" not in str(error):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise sqlite3.OperationalError(
+                        f"{self.path} stayed locked by another process for {timeout_s:g} s; close "
+                        "the other notebook or process using it and try again (nothing was "
+                        "changed).") from None
+                time.sleep(pause)
+                pause = min(2 * pause, 0.25)
 
     def _open(self) -> None:
         def tables() -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -109,3 +110,41 @@ def test_two_writers_of_the_same_rankings_store_each_once(tmp_path):
     for writer, (_, stderr) in zip(writers, outputs):
         assert writer.returncode == 0, stderr
     assert len(check_store(path)) == 300
+
+
+def test_open_waits_out_a_lock_that_sqlite_reports_at_once(tmp_path, monkeypatch):
+    """Switching to WAL can fail with "database is locked" at once while another process creates
+    the file; opening retries until the busy timeout instead of failing the learner's cell."""
+    original, calls = RankingStore._open, []
+
+    def locked_three_times(self):
+        calls.append(1)
+        if len(calls) <= 3:
+            raise sqlite3.OperationalError("database is locked")
+        return original(self)
+
+    monkeypatch.setattr(RankingStore, "_open", locked_three_times)
+    with RankingStore(tmp_path / "rankings.sqlite") as store:
+        assert len(store) == 0
+    assert len(calls) == 4
+
+
+def test_open_locked_past_the_timeout_says_what_to_do(tmp_path, monkeypatch):
+    def always_locked(self):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(RankingStore, "_open", always_locked)
+    with pytest.raises(sqlite3.OperationalError, match="stayed locked by another process.*try again"):
+        RankingStore(tmp_path / "rankings.sqlite", busy_timeout_s=0.2)
+
+
+def test_eight_processes_creating_one_store_at_once_all_open_it(tmp_path):
+    code = "import sys\nfrom rlhf_kit.feedback import RankingStore\nRankingStore(sys.argv[1]).close()"
+    for round_ in range(3):
+        path = tmp_path / f"new-{round_}.sqlite"
+        openers = [subprocess.Popen([sys.executable, "-c", code, str(path)], stderr=subprocess.PIPE,
+                                    text=True) for _ in range(8)]
+        for opener in openers:
+            _, stderr = opener.communicate(timeout=120)
+            assert opener.returncode == 0, stderr
+        assert check_store(path) == []
