@@ -26,6 +26,7 @@ from rlhf_kit.ppo import (
     KLTooHigh,
     NonFiniteReward,
     PPOConfig,
+    adamw,
     RatioOutOfRange,
     build_ppo,
     clipped_policy_loss,
@@ -282,6 +283,21 @@ def test_a_planted_reward_goes_up_within_a_few_batches(tokenizer, prompts, world
     sample = history[-1]["samples"][0]
     assert set(sample) >= {"prompt", "completion", "score", "reward", "kl", "rubric score"}
     assert sample["score"] == sample["completion"].count("e")
+
+
+def test_on_batch_sees_each_entry_as_its_batch_ends(tokenizer, prompts):
+    seen = []
+
+    def on_batch(entry):  # a live plot would draw here; the history so far has this entry last
+        seen.append((entry["batch"], entry["ppo/score"]))
+
+    history = run(tokenizer, prompts, PPOConfig(**FAST, batches=3), on_batch=on_batch)
+    assert seen == [(h["batch"], h["ppo/score"]) for h in history] and len(seen) == 3
+
+
+def test_the_optimiser_is_fused_on_cpu():
+    model = torch.nn.Linear(3, 1)
+    assert adamw(model.parameters(), 1e-4, torch.device("cpu")).defaults["fused"] is True
 
 
 def test_a_nan_in_the_rewards_stops_the_run_with_a_named_error(tokenizer, prompts):
