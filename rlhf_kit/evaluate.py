@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from .sampling import Generation, context_length, generate
 from .tokenizer import end_of_turn_id
 from .world import Judgement, Question, World
@@ -166,3 +168,85 @@ def evaluate_chat(model, tokenizer, world: World, dialogues: list[tuple[list[dic
     report = judge_replies(world, [q for _, q in asked], replies, name)
     formats = kept_chat_format(out, tokenizer)
     return ChatReport(report, sum(formats) / len(formats), formats)
+
+
+# ----------------------------------------------------------------------------------------------
+# Two models on the same questions: which reply the rubric prefers, and how far one has moved
+# ----------------------------------------------------------------------------------------------
+#
+# Lesson 6 compares the PPO model with the SFT model it started from. Both answer the same
+# questions with the same sampling seeds; the rubric judges each pair of replies, and the KL says
+# how far PPO moved the model's distribution of replies away from the SFT model's.
+
+
+@dataclass
+class Preference:
+    """How often the rubric prefers model A's reply to model B's reply to the same question."""
+
+    wins: int  # A's reply scored higher
+    ties: int  # the same rubric score (often the very same reply)
+    losses: int  # B's reply scored higher
+    interval: tuple[float, float]  # 95 % Wilson interval of wins / (wins + losses)
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    @property
+    def rate(self) -> float:
+        """Share of pairs A wins, a tie counting half (0.5: no preference)."""
+        return (self.wins + 0.5 * self.ties) / self.n if self.n else 0.5
+
+    @property
+    def win_rate(self) -> float:
+        """Share of A's wins among the pairs that are not ties."""
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else 0.5
+
+    def row(self) -> dict:
+        return {"pairs": self.n, "wins": self.wins, "ties": self.ties, "losses": self.losses,
+                "preference rate": self.rate, "win rate (ties left out)": self.win_rate}
+
+
+def rubric_preference(a: Report, b: Report) -> Preference:
+    """Compare two reports sample by sample: both must hold replies to the same questions, in the
+    same order (``fault_rates`` or ``evaluate_chat`` with the same questions and samples)."""
+    if [q for q, _, _ in a.samples] != [q for q, _, _ in b.samples]:
+        raise ValueError(f"{a.name} and {b.name} answered different questions: evaluate both on the "
+                         "same questions with the same samples_per_question.")
+    wins = sum(ja.score > jb.score for (_, _, ja), (_, _, jb) in zip(a.samples, b.samples))
+    losses = sum(ja.score < jb.score for (_, _, ja), (_, _, jb) in zip(a.samples, b.samples))
+    ties = len(a.samples) - wins - losses
+    return Preference(wins, ties, losses, wilson_interval(wins, wins + losses))
+
+
+def reply_kl(model, ref_model, tokenizer, generation: Generation, temperature: float = 1.0,
+             batch_size: int = 64) -> torch.Tensor:
+    """KL estimate of each reply, shape (N,): sum over its tokens of log π(y_t) − log π_ref(y_t).
+
+    ``generation`` holds replies sampled from ``model`` (``sampling.generate`` at
+    ``temperature``); both models read the same prompts and replies. Averaged over replies sampled
+    from ``model``, this estimates KL(π ‖ π_ref) per reply, in nats: the quantity PPO's penalty
+    keeps small. 0 when the two models are the same.
+    """
+    per_reply = []
+    for start in range(0, len(generation.prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        query = tokenizer(generation.prompts[rows], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+        completion_ids = generation.completion_ids[rows]  # (b, C)
+        completion_mask = generation.completion_mask[rows]  # (b, C)
+        ids = torch.cat([query.input_ids, completion_ids], dim=1)  # (b, P + C)
+        attention = torch.cat([query.attention_mask, completion_mask], dim=1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # real tokens only, as in sampling
+        width = query.input_ids.shape[1]
+        logprobs = []
+        for m in (model, ref_model):
+            with torch.no_grad():
+                logits = m(input_ids=ids.to(m.device), attention_mask=attention.to(m.device),
+                           position_ids=positions.to(m.device), use_cache=False).logits
+            # (b, C, V): position P - 1 + t predicts reply token t
+            predicting = torch.log_softmax(logits[:, width - 1 : -1].float().cpu() / temperature, dim=-1)
+            logprobs.append(predicting.gather(-1, completion_ids[..., None]).squeeze(-1))  # (b, C)
+        per_reply.append(((logprobs[0] - logprobs[1]) * completion_mask).sum(dim=1))
+    return torch.cat(per_reply)

@@ -14,10 +14,12 @@ from rlhf_kit.evaluate import (
     format_prompt,
     judge_replies,
     kept_chat_format,
+    reply_kl,
+    rubric_preference,
     wilson_interval,
 )
 from rlhf_kit.models import load_model, load_tokenizer
-from rlhf_kit.sampling import Generation
+from rlhf_kit.sampling import Generation, generate
 from rlhf_kit.tokenizer import USER, end_of_turn_id
 from rlhf_kit.world import World
 
@@ -106,3 +108,47 @@ def test_evaluate_chat_refuses_a_dialogue_that_fills_the_context(tiny_base_dir):
     long = [{"role": "user", "content": "Where does Alice live? " * 20 + q.text}]
     with pytest.raises(ValueError, match="leaves no room for a reply in the model's context of 64"):
         evaluate_chat(model, tokenizer, world, [(long, q)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Two models on the same questions (lesson 6): rubric preference and KL per reply
+# ----------------------------------------------------------------------------------------------
+
+
+def test_rubric_preference_counts_wins_ties_and_losses():
+    world = World(seed=0)
+    q = world.question_about("Alice", "town")
+    wrong = "Alice lives in " + next(t for t in ("Brookfield", "Foxhill") if t != q.answer) + "."
+    a = judge_replies(world, [q] * 4, [q.reference, q.reference, wrong, "Hm."], name="A")
+    b = judge_replies(world, [q] * 4, [wrong, q.reference, q.reference, "Hm."], name="B")
+    preference = rubric_preference(a, b)
+    assert (preference.wins, preference.ties, preference.losses) == (1, 2, 1)
+    assert preference.n == 4 and preference.rate == 0.5 and preference.win_rate == 0.5
+    assert preference.interval == wilson_interval(1, 2)
+    assert rubric_preference(a, a).rate == 0.5 and rubric_preference(a, a).ties == 4
+    assert preference.row()["preference rate"] == 0.5
+    other = judge_replies(world, [world.question_about("Alice", "pet")] * 4, ["Hm."] * 4, name="C")
+    with pytest.raises(ValueError, match="different questions"):
+        rubric_preference(a, other)
+
+
+def test_reply_kl_is_zero_for_the_same_model_and_matches_a_direct_sum(tiny_base_dir):
+    model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
+    other = load_model(tiny_base_dir, device="cpu")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    prompts = [format_prompt(q, tokenizer, CHAT) for q in World(seed=0).questions("heldout")[:5]]
+    out = generate(model, tokenizer, prompts, max_new_tokens=6, seed=1)
+    same = reply_kl(model, model, tokenizer, out)
+    assert same.shape == (5,) and torch.equal(same, torch.zeros(5))
+    kl = reply_kl(model, other, tokenizer, out, batch_size=2)  # chunks give the same numbers
+    # One reply by hand: its prompt alone, unpadded, then each reply token in turn.
+    ids = tokenizer(prompts[3], add_special_tokens=False).input_ids
+    reply = out.completion_ids[3][out.completion_mask[3].bool()].tolist()
+    full = torch.tensor([ids + reply])
+    with torch.no_grad():
+        lp = [torch.log_softmax(m(full).logits[0, len(ids) - 1 : -1], -1) for m in (model, other)]
+    expected = sum(lp[0][t, tok] - lp[1][t, tok] for t, tok in enumerate(reply))
+    assert kl[3].item() == pytest.approx(expected.item(), abs=1e-4)
+    assert not torch.equal(kl, torch.zeros(5))
