@@ -1435,6 +1435,10 @@ def _bt_no_log(chosen_scores, rejected_scores, weights=None):
     return _bt_reduce(-torch.sigmoid(chosen_scores - rejected_scores), weights)
 
 
+def _bt_probability(chosen_scores, rejected_scores, weights=None):
+    return _bt_reduce(torch.sigmoid(chosen_scores - rejected_scores), weights)
+
+
 def _bt_unstable(chosen_scores, rejected_scores, weights=None):
     return _bt_reduce(-torch.log(torch.sigmoid(chosen_scores - rejected_scores)), weights)
 
@@ -1468,6 +1472,10 @@ BRADLEY_TERRY_LOSS = Exercise(
         Mistake("bradley_terry_loss leaves out the log: the loss is -log σ(r_chosen - "
                 "r_rejected), the negative log-probability of the person's choice.",
                 _bt_no_log),
+        Mistake("bradley_terry_loss returns the probability of the person's choice, σ(r_chosen - "
+                "r_rejected), which training would push down: the loss is its negative log, "
+                "-log σ(r_chosen - r_rejected).",
+                _bt_probability),
         Mistake("bradley_terry_loss overflows when a rejected score is far above its chosen "
                 "one: σ(-200) is 0 in float32 and log(0) is -inf; use F.logsigmoid, which "
                 "computes log σ(x) without forming σ(x).",

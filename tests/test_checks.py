@@ -772,3 +772,181 @@ def test_lesson_5_inputs_hold_the_edge_cases():
     preferences = PREFERENCE_PROBABILITY.inputs()
     assert any(torch.equal(x["score_a"], x["score_b"]) for x in preferences)
     assert any(x["score_a"].abs().max() >= 100 for x in preferences)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 4 (reward model): the Bradley–Terry loss, the loss of one ranking, pairwise accuracy
+# ----------------------------------------------------------------------------------------------
+# Written here as a learner would, independently of the implementations the checks list: right
+# answers by other routes pass, and the typical wrong ones are named.
+
+from rlhf_kit.checks import (  # noqa: E402
+    BRADLEY_TERRY_LOSS,
+    PAIRWISE_ACCURACY,
+    RANKING_LOSS,
+    check_bradley_terry_loss,
+    check_pairwise_accuracy,
+    check_ranking_loss,
+)
+
+
+def bt_loss_by_softplus(chosen_scores, rejected_scores, weights=None):
+    """Right: -log σ(x) = softplus(-x), stable for every margin."""
+    losses = F.softplus(rejected_scores - chosen_scores)  # (B,)
+    if weights is None:
+        weights = torch.ones_like(losses)
+    return (weights * losses).sum() / weights.sum()
+
+
+def bt_loss_normalised_weights(chosen_scores, rejected_scores, weights=None):
+    """Right: normalise the weights first, then a weighted sum."""
+    losses = -F.logsigmoid(chosen_scores - rejected_scores)
+    if weights is None:
+        return losses.mean()
+    return (weights / weights.sum() * losses).sum()
+
+
+def ranking_loss_by_loops(scores, ranking):
+    """Right: two loops over the places of the ranking, best first."""
+    ranking = [int(i) for i in ranking]
+    losses = [F.softplus(scores[ranking[j]] - scores[ranking[i]])
+              for i in range(len(ranking)) for j in range(i + 1, len(ranking))]
+    return torch.stack(losses).mean()
+
+
+def ranking_loss_by_places(scores, ranking):
+    """Right: turn the ranking into places, then compare every two completions i < j."""
+    place = torch.empty_like(torch.as_tensor(ranking))
+    place[torch.as_tensor(ranking)] = torch.arange(len(ranking))
+    better, worse = [], []
+    for i in range(len(scores)):
+        for j in range(i + 1, len(scores)):
+            a, b = (i, j) if place[i] < place[j] else (j, i)
+            better.append(scores[a])
+            worse.append(scores[b])
+    return -F.logsigmoid(torch.stack(better) - torch.stack(worse)).mean()
+
+
+def accuracy_by_counting(chosen_scores, rejected_scores):
+    """Right: count the strict wins, divide by the number of pairs, as a tensor."""
+    wins = sum(int(c > r) for c, r in zip(chosen_scores.tolist(), rejected_scores.tolist()))
+    return torch.tensor(wins / len(chosen_scores))
+
+
+def accuracy_from_sign(chosen_scores, rejected_scores):
+    """Right: the sign of the margin is 1 exactly when chosen scores higher."""
+    return (torch.sign(chosen_scores - rejected_scores) == 1).float().mean()
+
+
+@pytest.mark.parametrize("check, fn", [
+    (check_bradley_terry_loss, bt_loss_by_softplus),
+    (check_bradley_terry_loss, bt_loss_normalised_weights),
+    (check_ranking_loss, ranking_loss_by_loops),
+    (check_ranking_loss, ranking_loss_by_places),
+    (check_pairwise_accuracy, accuracy_by_counting),
+    (check_pairwise_accuracy, accuracy_from_sign),
+], ids=["bt-softplus", "bt-normalised-weights", "ranking-loops", "ranking-places",
+        "accuracy-counting", "accuracy-sign"])
+def test_lesson_4_correct_answers_pass(check, fn, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+def learner_bt_probability(chosen_scores, rejected_scores, weights=None):
+    """Wrong: the probability of the person's choice, not its negative log."""
+    p = torch.sigmoid(chosen_scores - rejected_scores)
+    return p.mean() if weights is None else (weights * p).sum() / weights.sum()
+
+
+def learner_bt_log_of_sigmoid(chosen_scores, rejected_scores, weights=None):
+    """Wrong on large margins: log(σ(-200)) is log(0) in float32."""
+    losses = -torch.log(1 / (1 + torch.exp(rejected_scores - chosen_scores)))
+    return losses.mean() if weights is None else (weights * losses).sum() / weights.sum()
+
+
+def learner_bt_rejected_minus_chosen(chosen_scores, rejected_scores, weights=None):
+    losses = F.softplus(chosen_scores - rejected_scores)
+    return losses.mean() if weights is None else (weights * losses).sum() / weights.sum()
+
+
+def learner_bt_weights_forgotten(chosen_scores, rejected_scores, weights=None):
+    return F.softplus(rejected_scores - chosen_scores).mean()
+
+
+def learner_bt_weighted_mean_over_pairs(chosen_scores, rejected_scores, weights=None):
+    losses = F.softplus(rejected_scores - chosen_scores)
+    return losses.mean() if weights is None else torch.mean(weights * losses)
+
+
+def learner_ranking_neighbours(scores, ranking):
+    ordered = scores[torch.as_tensor(ranking)]
+    return F.softplus(ordered[1:] - ordered[:-1]).mean()
+
+
+def learner_ranking_places(scores, ranking):
+    # reads ranking[i] as the place of completion i
+    order = sorted(range(len(ranking)), key=lambda i: int(ranking[i]))
+    return ranking_loss_by_loops(scores, order)
+
+
+def learner_ranking_sum(scores, ranking):
+    return ranking_loss_by_loops(scores, ranking) * (len(ranking) * (len(ranking) - 1) // 2)
+
+
+def learner_ranking_worst_first(scores, ranking):
+    return ranking_loss_by_loops(scores, list(reversed([int(i) for i in ranking])))
+
+
+def learner_accuracy_ties_win(chosen_scores, rejected_scores):
+    return (chosen_scores - rejected_scores >= 0).float().mean()
+
+
+def learner_accuracy_count(chosen_scores, rejected_scores):
+    return (chosen_scores > rejected_scores).sum().float()
+
+
+LESSON_4_MISTAKES = [
+    (check_bradley_terry_loss, learner_bt_probability, "returns the probability of the person's choice"),
+    (check_bradley_terry_loss, learner_bt_log_of_sigmoid, "overflows"),
+    (check_bradley_terry_loss, learner_bt_rejected_minus_chosen, "rewards the rejected side"),
+    (check_bradley_terry_loss, learner_bt_weights_forgotten, "ignores the weights"),
+    (check_bradley_terry_loss, learner_bt_weighted_mean_over_pairs, "divides the weighted losses by the number"),
+    (check_ranking_loss, learner_ranking_neighbours, "compares only neighbours"),
+    (check_ranking_loss, learner_ranking_places, "as the place of completion i"),
+    (check_ranking_loss, learner_ranking_sum, "adds up the pair losses"),
+    (check_ranking_loss, learner_ranking_worst_first, "reads the ranking backwards"),
+    (check_pairwise_accuracy, learner_accuracy_ties_win, "counts a tie as a success"),
+    (check_pairwise_accuracy, learner_accuracy_count, "instead of giving their share"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", LESSON_4_MISTAKES, ids=[w.__name__ for _, w, _ in LESSON_4_MISTAKES])
+def test_lesson_4_mistakes_written_by_a_learner_are_recognised(check, wrong, phrase):
+    with pytest.raises(CheckFailed) as failed:
+        check(wrong)
+    assert phrase in str(failed.value)
+
+
+def test_lesson_4_other_differences_point_at_the_input():
+    def as_float(chosen_scores, rejected_scores, weights=None):
+        return float(BRADLEY_TERRY_LOSS.reference_function()(chosen_scores, rejected_scores, weights))
+
+    message = fails_with(check_bradley_terry_loss, as_float)
+    assert message.startswith("bradley_terry_loss returned a float on random input 1 of 20")
+
+    def one_loss_per_pair(chosen_scores, rejected_scores):  # forgot to average
+        return -F.logsigmoid(chosen_scores - rejected_scores)
+
+    assert "returned a tensor of shape" in fails_with(check_bradley_terry_loss,
+                                                      lambda c, r, weights=None: one_loss_per_pair(c, r))
+
+
+def test_lesson_4_inputs_hold_the_edge_cases():
+    losses = BRADLEY_TERRY_LOSS.inputs()
+    assert any(x["weights"] is None for x in losses) and any(x["weights"] is not None for x in losses)
+    assert any(torch.equal(x["chosen_scores"], x["rejected_scores"]) for x in losses)  # ln 2
+    assert any((x["chosen_scores"] - x["rejected_scores"]).abs().max() >= 200 for x in losses)
+    rankings = RANKING_LOSS.inputs()
+    assert {len(x["ranking"]) for x in rankings} >= {2, 5, 9}
+    accuracies = PAIRWISE_ACCURACY.inputs()
+    assert sum(bool((x["chosen_scores"] == x["rejected_scores"]).any()) for x in accuracies) >= 5
