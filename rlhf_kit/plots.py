@@ -110,3 +110,101 @@ def grouped_bars(columns: dict[str, Sequence[float]], labels: Sequence[str], tit
         fig.add_bar(name=name, x=list(labels), y=[round(v, 4) for v in values])
     fig.update_layout(template=TEMPLATE, title=title, barmode="group", yaxis_title=yaxis_title, height=340)
     return fig
+
+
+# -- lesson 4: the reward model ------------------------------------------------------------------
+
+
+def reward_curves(history: Sequence[dict], title: str = "Training the reward model") -> go.Figure:
+    """Three panels from a reward model's training history: the loss, the pairwise accuracy and
+    the margin r_chosen − r_rejected, on the training batches (a line) and held out (markers).
+
+    The loss panel marks ln 2 (a model that cannot tell the sides apart), the accuracy panel 0.5.
+    """
+    from plotly.subplots import make_subplots
+
+    panels = (("loss", ("loss/train", "loss/eval"), 0.6931),
+              ("pairwise accuracy", ("reward/accuracy", "reward/eval_accuracy"), 0.5),
+              ("margin r(chosen) − r(rejected)", ("reward/margin",), 0.0))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[name for name, _, _ in panels],
+                        horizontal_spacing=0.08)
+    shown = set()
+    for col, (_, keys, guide) in enumerate(panels, start=1):
+        for key in keys:
+            points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+            held_out = "eval" in key
+            name = "held-out pairs" if held_out else "training batches"
+            fig.add_scatter(x=[p[0] for p in points], y=[round(p[1], 4) for p in points], name=name,
+                            mode="lines+markers" if held_out else "lines", legendgroup=name,
+                            showlegend=name not in shown, row=1, col=col,
+                            line_color="#d62728" if held_out else "#1f77b4")
+            shown.add(name)
+        fig.add_hline(y=guide, line_dash="dot", line_color="grey", row=1, col=col)
+    fig.update_xaxes(title_text="optimiser step")
+    fig.update_layout(template=TEMPLATE, title=title, height=360)
+    return fig
+
+
+def score_histograms(chosen_scores: Sequence[float], rejected_scores: Sequence[float],
+                     title: str = "Reward-model scores of held-out pairs", bins: int = 40) -> go.Figure:
+    """Overlaid histograms of the scores of the chosen and of the rejected sides of some pairs."""
+    fig = go.Figure()
+    values = [round(v, 4) for v in (*chosen_scores, *rejected_scores)]
+    low, high = min(values), max(values)
+    size = round((high - low) / bins, 4) or 1.0
+    for name, scores, color in (("chosen", chosen_scores, "#2ca02c"), ("rejected", rejected_scores, "#d62728")):
+        fig.add_histogram(x=[round(v, 4) for v in scores], name=name, opacity=0.55, marker_color=color,
+                          xbins={"start": low, "end": high + size, "size": size})
+    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay", xaxis_title="score r(x, y)",
+                      yaxis_title="completions", height=340)
+    return fig
+
+
+def calibration(table: Sequence[dict], title: str = "Calibration on held-out pairs") -> go.Figure:
+    """Predicted probability against how often the prediction came true, one point per bin.
+
+    ``table`` is ``reward.calibration_bins``' list of bins; empty bins are left out. A calibrated
+    model's points lie on the diagonal; each point is labelled with its number of pairs.
+    """
+    rows = [row for row in table if row["count"]]
+    fig = go.Figure()
+    fig.add_scatter(x=[0.5, 1.0], y=[0.5, 1.0], mode="lines", name="calibrated",
+                    line={"dash": "dot", "color": "grey"})
+    fig.add_scatter(x=[round(r["predicted"], 4) for r in rows], y=[round(r["observed"], 4) for r in rows],
+                    mode="lines+markers+text", name="reward model", text=[f"{r['count']}" for r in rows],
+                    textposition="top left", marker={"size": 9})
+    fig.update_layout(template=TEMPLATE, title=title, height=360, width=480,
+                      xaxis_title="predicted: σ(|r_a − r_b|)", yaxis_title="observed: share right",
+                      xaxis_range=[0.48, 1.02], yaxis_range=[0.3, 1.02])
+    return fig
+
+
+# -- lesson 6: PPO --------------------------------------------------------------------------------
+
+PPO_PANELS = (("ppo/score", "reward-model score"), ("ppo/kl", "KL to the SFT model (nats)"),
+              ("ppo/rubric_score", "rubric score (never trained on)"))
+"""The three curves of a PPO run: what it optimises, what it pays for it, and what it should mean."""
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def ppo_curves(histories: dict[str, Sequence[dict]], panels: Sequence[tuple[str, str]] = PPO_PANELS,
+               title: str = "PPO, batch by batch", x: str = "batch") -> go.Figure:
+    """Side-by-side panels, one per metric (default: reward-model score, KL, rubric score), one
+    line per named run in the same colour in every panel. A run may be empty (a live figure
+    before its first batch)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[label for _, label in panels],
+                        horizontal_spacing=0.07)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        for col, (key, _) in enumerate(panels, 1):
+            points = [(h[x], h[key]) for h in history if key in h]
+            fig.add_scatter(x=[p[0] for p in points], y=[round(p[1], 4) for p in points], mode="lines",
+                            name=name, legendgroup=name, showlegend=col == 1, line={"color": colour},
+                            row=1, col=col)
+            fig.update_xaxes(title_text=x, row=1, col=col)
+    fig.update_layout(template=TEMPLATE, title=title, height=340,
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
