@@ -70,6 +70,37 @@ def write_metadata(path: str | Path, metadata: dict) -> None:
     (Path(path) / METADATA).write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
+                 verbose: bool = False) -> bool:
+    """Write ``target`` with ``build(tmp) -> metadata`` unless it is complete; True if it built.
+
+    The work goes into a temporary folder next to ``target``, renamed into place when the
+    metadata is written, under a file lock: two processes asking at once build it once, and an
+    interrupted build leaves no half-written folder behind.
+    """
+    target = Path(target)
+    if (target / METADATA).exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / METADATA).exists():  # another process built it while we waited for the lock
+            return False
+        if verbose:
+            print(f"The embedded '{stage}' model is not built yet: building it now "
+                  f"(once, into {target}).")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
+        try:
+            metadata = build(tmp)
+            write_metadata(tmp, {"stage": stage, **metadata})
+            if target.exists():  # an incomplete folder left by an older kit
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
 def ensure_stage(stage: str, verbose: bool = True) -> Path:
     """The folder of ``stage``, built with the default configuration if it is missing."""
     target = stage_dir(stage)
@@ -78,21 +109,5 @@ def ensure_stage(stage: str, verbose: bool = True) -> Path:
     builders = _builders()
     if stage not in builders:
         raise KeyError(f"Unknown stage {stage!r}; the stages are: {', '.join(builders)}.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if is_ready(stage):  # another process built it while we waited for the lock
-            return target
-        if verbose:
-            print(f"The embedded '{stage}' model is not built yet: building it now "
-                  f"(once, into {target}).")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
-        try:
-            metadata = builders[stage](tmp)
-            write_metadata(tmp, {"stage": stage, **metadata})
-            if target.exists():  # an incomplete folder left by an older kit
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    build_folder(target, builders[stage], stage, verbose)
     return target

@@ -6,6 +6,8 @@
     rlhf-kit exercises [--check] [--root DIR]
                                             regenerate exercises/ from solutions/; with --check,
                                             only say which committed notebooks are stale
+    rlhf-kit run [--model NAME] [--out DIR]  every stage, the scoreboard and a report folder
+                                            (see rlhf_kit.pipeline)
     rlhf-kit check NOTEBOOK [--solution PATH]
                                             run your exercises notebook and compare it with the
                                             solutions, exercise by exercise
@@ -122,6 +124,32 @@ def check(args: argparse.Namespace) -> int:
     results = check_notebook(args.notebook, solution, cell_timeout=args.cell_timeout)
     print(format_report(results))
     return 0 if all_pass(results) else 1
+
+
+@command("run", "Run every stage (resuming a stopped run) and write a report folder.",
+         argument("--model", default=None, metavar="NAME",
+                  help="'embedded' (default, or $RLHF_KIT_MODEL), a hub id such as gpt2, or a "
+                       "folder written by save_pretrained: the base the later stages start from"),
+         argument("--out", type=Path, default=Path("rlhf-kit-report"), metavar="DIR",
+                  help="the report folder (default: rlhf-kit-report)"),
+         argument("--samples", type=int, default=4, metavar="N",
+                  help="answers per held-out question on the scoreboard (default: 4)"))
+def run(args: argparse.Namespace) -> int:
+    from .models import ModelNotFound, resolve
+    from .pipeline import run as run_pipeline
+    from .runtime import model_choice
+
+    model = args.model or model_choice()
+    if args.samples < 1:
+        raise UsageError(f"--samples must be at least 1, not {args.samples}.")
+    if model != "embedded":
+        try:
+            resolve(model)
+        except ModelNotFound as error:
+            raise UsageError(str(error)) from None
+    result = run_pipeline(args.out, model, samples_per_question=args.samples)
+    print(f"Done in {result['seconds']:.0f} s; open {result['report']} in a browser.")
+    return 0
 
 
 def _relative(path: Path, root: Path) -> str:

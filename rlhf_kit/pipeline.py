@@ -1,0 +1,249 @@
+"""The whole recipe without Jupyter: every stage, the scoreboard, and a report folder.
+
+::
+
+    rlhf-kit run                            the embedded model: pretraining, SFT, reward model, PPO
+    rlhf-kit run --model gpt2 --out runs/gpt2
+                                            a hub model (or a saved folder) as the base instead
+
+``run`` takes the stages in order, each from its predecessor's folder:
+
+    base    the embedded GPT pretrained on the toy world's internet (lesson 1); with ``--model``
+            the named model itself, which is not trained further here
+    sft     fine-tuned on the world's demonstrations (lesson 2)
+    reward  its body with a scalar head, trained on simulated rankings (lessons 3 and 4)
+    ppo     the SFT model after PPO against the reward model (lesson 6)
+
+A stage whose folder is complete is reused, so a run that was interrupted resumes at the stage it
+stopped in (a stage is written into a temporary folder and renamed into place when it is whole:
+an interrupted stage starts again from its predecessor). Then every model answers the held-out
+questions, and ``OUT`` receives:
+
+    report.html       the scoreboard and every stage's curves, one self-contained page
+    scoreboard.json   base, SFT, reward-model best-of-n and PPO: rates with 95 % intervals,
+                      rubric score and reward-model score
+    stages.json       each stage's folder, whether this run built it, and how long it took
+    stages/           the stage folders (copies of the embedded ones; the built ones for a hub model)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import build_folder, ensure_stage, is_ready, read_metadata, stage_dir
+from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies
+from .models import EMBEDDED, load_model, load_tokenizer
+from .sampling import generate
+from .world import World
+
+STAGES = ("base", "sft", "reward", "ppo")
+
+
+@dataclass
+class StageRun:
+    """One stage of a pipeline run: where its model is, and whether this run had to build it."""
+
+    stage: str
+    folder: str
+    built: bool
+    seconds: float
+
+
+def _builder(stage: str, model: str, folders: dict[str, Path], configs: dict, progress: bool
+             ) -> Callable[[Path], dict]:
+    """The function that writes ``stage`` into a folder, reading its predecessors' folders."""
+    from . import ppo, reward, sft
+
+    if stage == "sft":
+        return lambda out: sft.build_sft(out, configs.get("sft"), base=model, progress=progress)
+    if stage == "reward":
+        return lambda out: reward.build_reward(out, configs.get("reward"), source=folders["sft"],
+                                               progress=progress)
+    if stage == "ppo":
+        return lambda out: ppo.build_ppo(out, configs.get("ppo"), policy_source=folders["sft"],
+                                         reward_source=folders["reward"], progress=progress)
+    raise ValueError(f"Unknown stage {stage!r}; the stages are: {', '.join(STAGES)}.")
+
+
+def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: dict | None = None,
+               progress: bool = True) -> list[StageRun]:
+    """Every stage, in order, each built only if its folder is missing.
+
+    ``model="embedded"`` uses the kit's cached stages (``artifacts.ensure_stage``, default
+    configurations). Any other model (a hub id or a folder) is the base; its later stages are
+    built into ``out/stages/`` with ``configs`` (``{"sft": SFTConfig(...), ...}``; missing: defaults).
+    """
+    configs = configs or {}
+    if model != EMBEDDED and out is None:
+        raise ValueError("A model other than the embedded one needs an output folder (out=...) "
+                         "for its stages.")
+    runs: list[StageRun] = []
+    folders: dict[str, Path] = {}
+    for stage in STAGES:
+        started = time.perf_counter()
+        if model == EMBEDDED:
+            if configs.get(stage) is not None:
+                raise ValueError("The embedded stages use their default configurations; to change "
+                                 "one, build from a model folder instead (model=...).")
+            built = not is_ready(stage)
+            folder = ensure_stage(stage)
+        elif stage == "base":
+            built, folder = False, model
+        else:
+            folder = Path(out) / "stages" / stage
+            built = build_folder(folder, _builder(stage, model, folders, configs, progress), stage)
+        folders[stage] = folder
+        runs.append(StageRun(stage, str(folder), built, time.perf_counter() - started))
+        if progress:
+            state = f"built in {runs[-1].seconds:.0f} s" if built else "already built"
+            print(f"{stage}: {state} ({folder})", flush=True)
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
+# The scoreboard: every stage on the same held-out questions
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reward_scores(reward_model, tokenizer, prompts: list[str], replies: list[str]) -> list[float]:
+    from .ppo import score_texts
+
+    return score_texts(reward_model, tokenizer, prompts, replies).tolist()
+
+
+def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, world: World, questions, n: int,
+              max_new_tokens: int, seed: int) -> tuple[list[str], list[float]]:
+    """For each question, n replies of the policy; keep the one the reward model scores highest."""
+    asked = [q for q in questions for _ in range(n)]
+    out = generate(policy, tokenizer, [format_prompt(q, tokenizer, CHAT) for q in asked],
+                   max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    replies = [first_line(c) for c in out.completions]
+    scores = reward_scores(reward_model, reward_tokenizer, [q.text for q in asked], replies)
+    best, best_scores = [], []
+    for i in range(0, len(asked), n):
+        j = max(range(i, i + n), key=lambda k: scores[k])
+        best.append(replies[j])
+        best_scores.append(scores[j])
+    return best, best_scores
+
+
+def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n: int = 4,
+               max_new_tokens: int = 24, seed: int = 0) -> list[dict]:
+    """Base, SFT, best-of-n and PPO on the world's held-out questions, judged by its rubric.
+
+    Each question is asked ``samples_per_question`` times at temperature 1 (the base model in
+    plain text, as in lesson 1; the others through the chat template). Every reply is also scored
+    by the reward model. Rows hold the rates, their 95 % intervals, and both mean scores.
+    """
+    sft_dir = Path(folders["sft"])
+    world = World(seed=read_metadata(sft_dir).get("seed", 0))
+    questions = [q for q in world.questions("heldout") for _ in range(samples_per_question)]
+    reward_model = load_model(folders["reward"], kind="reward")
+    reward_tokenizer = load_tokenizer(folders["reward"])
+    rows = []
+
+    def add(report: Report, scores: list[float]) -> None:
+        rows.append({**report.row(), "reward-model score": sum(scores) / len(scores),
+                     "intervals": report.intervals})
+
+    for name, stage, style in (("base", "base", PLAIN), ("SFT", "sft", CHAT), ("PPO", "ppo", CHAT)):
+        if stage not in folders:
+            continue
+        tokenizer = load_tokenizer(folders[stage])
+        model = load_model(folders[stage])
+        out = generate(model, tokenizer, [format_prompt(q, tokenizer, style) for q in questions],
+                       max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        replies = [first_line(c) for c in out.completions]
+        add(judge_replies(world, questions, replies, name),
+            reward_scores(reward_model, reward_tokenizer, [q.text for q in questions], replies))
+        if stage == "sft":  # best-of-n: the SFT model, n tries, the reward model picks
+            replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer, world,
+                                        questions, n, max_new_tokens, seed + 1)
+            add(judge_replies(world, questions, replies, f"best-of-{n}"), scores)
+    order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3}
+    return sorted(rows, key=lambda r: order[r["model"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# The report folder
+# ----------------------------------------------------------------------------------------------
+
+
+def stage_figures(folders: dict[str, str | Path]) -> list:
+    """Each stage's training curves, from the history in its metadata (a hub base has none)."""
+    from . import plots
+
+    figures = []
+    histories = {stage: read_metadata(folder).get("history") for stage, folder in folders.items()}
+    if histories.get("base"):
+        figures.append(plots.curves(histories["base"], ["loss/train"], title="Pretraining: next-token loss"))
+    if histories.get("sft"):
+        figures.append(plots.curves(histories["sft"], ["loss/train", "loss/eval"],
+                                    title="SFT: loss on the assistant's tokens"))
+    if histories.get("reward"):
+        figures.append(plots.reward_curves(histories["reward"]))
+    if histories.get("ppo"):
+        figures.append(plots.ppo_curves({"PPO": histories["ppo"]}))
+    return figures
+
+
+def write_report(out: str | Path, runs: list[StageRun], rows: list[dict], model: str) -> Path:
+    """``report.html`` (plotly inlined once, so the page works offline), scoreboard and stage times."""
+    from . import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = {r.stage: r.folder for r in runs}
+    (out / "scoreboard.json").write_text(json.dumps(rows, indent=2))
+    (out / "stages.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    metrics = [k for k in rows[0] if k not in ("model", "samples", "intervals")] if rows else []
+    table = "".join(f"<tr><td>{r['model']}</td>" + "".join(f"<td>{r[k]:.3f}</td>" for k in metrics)
+                    + "</tr>" for r in rows)
+    times = "".join(f"<tr><td>{r.stage}</td><td>{'built' if r.built else 'reused'}</td>"
+                    f"<td>{r.seconds:.1f} s</td><td>{r.folder}</td></tr>" for r in runs)
+    figures = []
+    if rows:
+        figures.append(plots.scoreboard([{k: r[k] for k in ("model", *metrics[:3])} for r in rows],
+                                        [r["intervals"] for r in rows]))
+    figures += stage_figures(folders)
+    parts = [fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
+             for i, fig in enumerate(figures)]
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlhf-kit report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "td,th{padding:2px 10px;text-align:right}</style></head><body>"
+        f"<h1>rlhf-kit: the whole recipe on {model}</h1>"
+        "<h2>Stages</h2><table><tr><th>stage</th><th></th><th>time</th><th>folder</th></tr>"
+        f"{times}</table>"
+        "<h2>Scoreboard (held-out questions)</h2><table><tr><th>model</th>"
+        + "".join(f"<th>{k}</th>" for k in metrics) + f"</tr>{table}</table>"
+        + "".join(parts) + "</body></html>")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return out / "report.html"
+
+
+def run(out: str | Path = "rlhf-kit-report", model: str = EMBEDDED, configs: dict | None = None,
+        samples_per_question: int = 4, progress: bool = True) -> dict:
+    """Every stage (resuming where an earlier run stopped), the scoreboard, and the report folder."""
+    out = Path(out)
+    started = time.perf_counter()
+    runs = run_stages(model, out, configs, progress)
+    folders = {r.stage: r.folder for r in runs}
+    if model == EMBEDDED:  # the report folder holds its models too
+        for stage in STAGES:
+            shutil.copytree(stage_dir(stage), out / "stages" / stage, dirs_exist_ok=True)
+    evaluated = time.perf_counter()
+    rows = scoreboard(folders, samples_per_question)
+    if progress:
+        print(f"scoreboard: {time.perf_counter() - evaluated:.0f} s", flush=True)
+    report = write_report(out, runs, rows, model)
+    return {"stages": runs, "scoreboard": rows, "report": report,
+            "seconds": time.perf_counter() - started}
