@@ -55,13 +55,13 @@ def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[lis
 
 
 def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, rankings: list,
-                       trainer: str) -> dict:
+                       trainer: str, body: Path | None = None) -> dict:
     """One reward model trained by ``trainer`` on the train prompts, evaluated on the others."""
     config = dataclasses.replace(config, trainer=trainer)
     tokenizer = load_tokenizer(source)
     train_rows, heldout_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)
     seed_everything(config.seed)
-    model = load_model(source, kind="reward", device=pick_device())
+    model = load_model(body or source, kind="reward", device=pick_device())
     start = time.perf_counter()
     history = reward.train(model, tokenizer, train_rows, config, progress=False)
     seconds = time.perf_counter() - start
@@ -81,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--source", default=EMBEDDED, help="the SFT model: 'embedded' or a folder")
+    parser.add_argument("--body", help="start the reward model from this stage or folder instead "
+                        "of the SFT model (e.g. 'base'); the rankings still come from --source")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a RewardConfig field, e.g. --set lr=1e-3")
     parser.add_argument("--trainers", default="kit,trl", help="kit, trl or both (kit,trl)")
@@ -107,7 +109,9 @@ def main() -> None:
         print(f"sampled {len(rankings)} rankings of {config.k} in {results['sampling_seconds']:.1f} s")
     results["rankings"] = len(rankings)
     for trainer in args.trainers.split(","):
-        run = train_and_evaluate(config, source, world, rankings, trainer)
+        body = None if not args.body else (ensure_stage(args.body) if args.body in ("base", "sft")
+                                           else Path(args.body))
+        run = train_and_evaluate(config, source, world, rankings, trainer, body)
         results["runs"].append(run)
         print(f"{trainer}: {run['steps']} steps on {run['train_pairs']} pairs in "
               f"{run['train_seconds']:.1f} s; held-out accuracy {run['accuracy']:.3f} "
