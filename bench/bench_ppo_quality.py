@@ -29,7 +29,7 @@ import torch
 
 from rlhf_kit import ppo
 from rlhf_kit.artifacts import ensure_stage, read_metadata
-from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies
+from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies, reply_kl, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.sampling import generate
 from rlhf_kit.world import World
@@ -45,18 +45,6 @@ def parse_value(text: str):
         except ValueError:
             pass
     return text
-
-
-@torch.no_grad()
-def reply_logprob(model, tokenizer, prompts: list[str], completion_ids: torch.Tensor,
-                  completion_mask: torch.Tensor) -> torch.Tensor:
-    """Sum over each reply's tokens of log p(token | prompt, earlier tokens), temperature 1: (N,)."""
-    query = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ids, mask, positions = ppo.join(query.input_ids, query.attention_mask, completion_ids, completion_mask)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    width = query.input_ids.shape[1]
-    logprobs = ppo.completion_logprobs(logits[:, width - 1 : -1], completion_ids, 1.0)
-    return (logprobs * completion_mask).sum(dim=1)
 
 
 def main() -> None:
@@ -108,19 +96,14 @@ def main() -> None:
         scores = ppo.score_texts(reward_model, tokenizer, [q.text for q in questions], replies[name])
         reports[name].reward_score = scores.mean().item()
         if name == "PPO":
-            kl = (reply_logprob(policy, tokenizer, prompts, out.completion_ids, out.completion_mask)
-                  - reply_logprob(sft, tokenizer, prompts, out.completion_ids, out.completion_mask))
-            results["kl_to_sft_per_reply"] = kl.mean().item()
+            results["kl_to_sft_per_reply"] = reply_kl(policy, sft, tokenizer, out).mean().item()
     results["evaluation_seconds"] = time.perf_counter() - start
 
-    wins = ties = losses = 0
-    for (_, _, a), (_, _, b) in zip(reports["PPO"].samples, reports["SFT"].samples):
-        wins += a.score > b.score
-        ties += a.score == b.score
-        losses += a.score < b.score
     n = len(questions)
-    results["rubric_preference"] = {"ppo_wins": wins / n, "ties": ties / n, "sft_wins": losses / n,
-                                    "ppo_wins_of_decided": wins / max(1, wins + losses), "pairs": n}
+    preference = rubric_preference(reports["PPO"], reports["SFT"])
+    results["rubric_preference"] = {"ppo_wins": preference.wins / n, "ties": preference.ties / n,
+                                    "sft_wins": preference.losses / n,
+                                    "ppo_wins_of_decided": preference.win_rate, "pairs": n}
     results["scoreboard"] = [{**r.row(), "reward-model score": r.reward_score,
                               "intervals": r.intervals} for r in reports.values()]
 
