@@ -950,3 +950,178 @@ def test_lesson_4_inputs_hold_the_edge_cases():
     assert {len(x["ranking"]) for x in rankings} >= {2, 5, 9}
     accuracies = PAIRWISE_ACCURACY.inputs()
     assert sum(bool((x["chosen_scores"] == x["rejected_scores"]).any()) for x in accuracies) >= 5
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 6 (PPO): KL-penalised rewards, GAE, the clipped policy loss, the clipped value loss
+# ----------------------------------------------------------------------------------------------
+# Written here as a learner would, independently of the implementations the checks list: right
+# answers by other routes pass, and the typical wrong ones are named.
+
+from rlhf_kit.checks import (  # noqa: E402
+    CLIPPED_POLICY_LOSS,
+    COMPUTE_GAE,
+    KL_PENALIZED_REWARDS,
+    check_clipped_policy_loss,
+    check_clipped_value_loss,
+    check_compute_gae,
+    check_kl_penalized_rewards,
+)
+
+
+def rewards_by_rows(scores, logprobs, ref_logprobs, mask, kl_coef):
+    """Right: one reply at a time, the score indexed at its length - 1."""
+    rewards = torch.zeros_like(logprobs)
+    for b in range(len(scores)):
+        n = int(mask[b].sum())
+        rewards[b, :n] = -kl_coef * (logprobs[b, :n] - ref_logprobs[b, :n])
+        rewards[b, n - 1] += scores[b]
+    return rewards
+
+
+def rewards_by_scatter(scores, logprobs, ref_logprobs, mask, kl_coef):
+    """Right: the score scattered into a zero tensor at the last real index."""
+    last = (mask.sum(dim=1) - 1).long()[:, None]  # (B, 1)
+    bonus = torch.zeros_like(logprobs).scatter(1, last, scores[:, None].to(logprobs.dtype))
+    return torch.where(mask.bool(), kl_coef * (ref_logprobs - logprobs), 0.0) + bonus
+
+
+def gae_by_rows(rewards, values, mask, gamma, lam):
+    """Right: one reply at a time, only its real tokens, in plain Python numbers."""
+    advantages, returns = torch.zeros_like(rewards), torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):
+        n = int(mask[b].sum())
+        following = 0.0
+        for t in reversed(range(n)):
+            next_value = values[b, t + 1].item() if t + 1 < n else 0.0
+            delta = rewards[b, t].item() + gamma * next_value - values[b, t].item()
+            following = delta + gamma * lam * following
+            advantages[b, t] = following
+            returns[b, t] = following + values[b, t].item()
+    return advantages, returns
+
+
+def gae_by_discounted_sums(rewards, values, mask, gamma, lam):
+    """Right: A_t = sum over k of (gamma * lam)^k * delta_{t+k}, as a matrix product."""
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    following = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    deltas = (rewards + gamma * following - values) * mask  # (B, T)
+    T = rewards.shape[1]
+    k = torch.arange(T)
+    weights = torch.where(k[None, :] >= k[:, None], (gamma * lam) ** (k[None, :] - k[:, None]).double(), 0.0)
+    advantages = (deltas.double() @ weights.T).to(values.dtype) * mask  # (B, T)
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss_with_where(logprobs, old_logprobs, advantages, mask, clip_eps):
+    """Right: the clipped term chosen with torch.where, the mean taken with the mask's weights."""
+    weights = mask.float() / mask.sum()
+    ratio = (logprobs - old_logprobs).exp()
+    plain, clipped = ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    per_token = -torch.where(clipped < plain, clipped, plain)  # the smaller objective
+    clipfrac = ((clipped < plain).float() * weights).sum()
+    approx_kl = (((ratio - 1) - (logprobs - old_logprobs)) * weights).sum()
+    return (per_token * weights).sum(), clipfrac.detach(), approx_kl.detach()
+
+
+def value_loss_by_selection(values, old_values, returns, mask, clip_eps_value):
+    """Right: the clipped value by min/max, the mean over the real tokens by boolean indexing."""
+    clipped = torch.minimum(torch.maximum(values, old_values - clip_eps_value), old_values + clip_eps_value)
+    errors = torch.maximum((values - returns).pow(2), (clipped - returns).pow(2))
+    return errors[mask.bool()].mean() / 2
+
+
+@pytest.mark.parametrize("check, fn", [
+    (check_kl_penalized_rewards, rewards_by_rows),
+    (check_kl_penalized_rewards, rewards_by_scatter),
+    (check_compute_gae, gae_by_rows),
+    (check_compute_gae, gae_by_discounted_sums),
+    (check_clipped_policy_loss, policy_loss_with_where),
+    (check_clipped_value_loss, value_loss_by_selection),
+], ids=["rewards-rows", "rewards-scatter", "gae-rows", "gae-sums", "policy-where", "value-selection"])
+def test_lesson_6_correct_answers_pass(check, fn, capsys):
+    check(fn)
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+def learner_rewards_score_at_end(scores, logprobs, ref_logprobs, mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    rewards[:, -1] += scores
+    return rewards
+
+
+def learner_rewards_kl_as_bonus(scores, logprobs, ref_logprobs, mask, kl_coef):
+    rewards = kl_coef * (logprobs - ref_logprobs) * mask
+    rewards[torch.arange(len(scores)), mask.sum(1) - 1] += scores
+    return rewards
+
+
+def learner_rewards_penalty_on_padding(scores, logprobs, ref_logprobs, mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs)
+    rewards[torch.arange(len(scores)), mask.sum(1) - 1] += scores
+    return rewards
+
+
+def learner_gae_forwards(rewards, values, mask, gamma, lam):
+    mask = mask.float()
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    carried = torch.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1]):
+        next_values = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        carried = rewards[:, t] + gamma * next_values - values[:, t] + gamma * lam * carried
+        advantages[:, t] = carried
+    return advantages * mask, (advantages + values) * mask
+
+
+def learner_gae_uses_padding_values(rewards, values, mask, gamma, lam):
+    advantages = torch.zeros_like(rewards)
+    following = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        next_values = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        following = rewards[:, t] + gamma * next_values - values[:, t] + gamma * lam * following
+        advantages[:, t] = following
+    return advantages * mask, (advantages + values) * mask
+
+
+def learner_policy_loss_min(logprobs, old_logprobs, advantages, mask, clip_eps):
+    ratio = torch.exp(logprobs - old_logprobs)
+    per_token = torch.minimum(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    clipfrac = (-ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages > -ratio * advantages).float()
+    approx_kl = (ratio - 1) - (logprobs - old_logprobs)
+    m = mask.float()
+    return (per_token * m).sum() / m.sum(), (clipfrac * m).sum() / m.sum(), (approx_kl * m).sum() / m.sum()
+
+
+def learner_value_loss_plain(values, old_values, returns, mask, clip_eps_value):
+    m = mask.float()
+    return 0.5 * ((values - returns) ** 2 * m).sum() / m.sum()
+
+
+LESSON_6_MISTAKES = [
+    (check_kl_penalized_rewards, learner_rewards_score_at_end, "puts the score on the last column"),
+    (check_kl_penalized_rewards, learner_rewards_kl_as_bonus, "rewards the KL instead of penalising it"),
+    (check_kl_penalized_rewards, learner_rewards_penalty_on_padding, "charges the KL on padding"),
+    (check_compute_gae, learner_gae_forwards, "runs forwards in time"),
+    (check_compute_gae, learner_gae_uses_padding_values, "bootstraps from the values of the padding"),
+    (check_clipped_policy_loss, learner_policy_loss_min, "keeps the smaller of the two losses"),
+    (check_clipped_value_loss, learner_value_loss_plain, "does not clip"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, phrase", LESSON_6_MISTAKES, ids=[w.__name__ for _, w, _ in LESSON_6_MISTAKES])
+def test_lesson_6_mistakes_written_by_a_learner_are_recognised(check, wrong, phrase):
+    with pytest.raises(CheckFailed) as failed:
+        check(wrong)
+    assert phrase in str(failed.value)
+
+
+def test_lesson_6_inputs_hold_padded_replies_and_the_edge_cases():
+    for exercise in (KL_PENALIZED_REWARDS, COMPUTE_GAE, CLIPPED_POLICY_LOSS):
+        masks = [x["mask"] for x in exercise.inputs()]
+        assert any((m == 0).any() for m in masks)  # a reply that stopped early
+        assert all((m.sum(dim=1) >= 1).all() for m in masks)  # every reply has a token
+    assert any(x["kl_coef"] == 0.0 for x in KL_PENALIZED_REWARDS.inputs())
+    assert any(x["lam"] == 0.0 for x in COMPUTE_GAE.inputs())
+    assert any((x["logprobs"] - x["old_logprobs"]).abs().max() > 0.4 for x in CLIPPED_POLICY_LOSS.inputs())
