@@ -43,7 +43,7 @@ PPO* (Hugging Face blog, 2023; ICLR 2024 blog track): log-probabilities at the s
 temperature, no dropout, whitened advantages, a penalty for completions that never end. The guards
 (finite numbers, a KL ceiling, a probability ratio of 1 before the first update) stop a broken run
 with a sentence instead of letting it train on garbage. Reads the ``sft`` and ``reward`` artifacts (or any model
-folder or hub id); writes the ``ppo`` artifact. Taught in ``course/06_ppo.ipynb`` (still to come).
+folder or hub id); writes the ``ppo`` artifact. Taught in ``course/06_ppo.ipynb``.
 """
 
 from __future__ import annotations
