@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -55,7 +56,8 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
 from .artifacts import ensure_stage, read_metadata
-from .feedback import DEFAULT_NOISE, Item, Ranking, SimulatedLabeler, expand_pairs, shuffled_order
+from .feedback import (DEFAULT_NOISE, Item, Ranking, RankingStore, SimulatedLabeler, expand_pairs,
+                       shuffled_order)
 from .models import EMBEDDED, load_model, load_tokenizer
 from .runtime import NonFiniteLoss, pick_device, preferred_dtype, seed_everything
 from .sampling import generate
@@ -129,6 +131,33 @@ def as_pairs(data) -> list[dict]:
         rows.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
                      "group_id": row.get("group_id", -1 - index), "weight": row.get("weight", 1.0)})
     return rows
+
+
+def read_rankings(path: str | Path, model: str | None = None,
+                  labeler_kind: str | None = "person") -> list[Ranking]:
+    """The rankings of a ranking store, read from a copy of it: the store itself is not touched.
+
+    Opening a store in place takes its write lock for a moment and checkpoints its journal on
+    closing; a copy (the database and its write-ahead log, which holds the latest rankings) is
+    read instead, so a learner's store is never written to, even while a widget writes to it.
+    A missing store has no rankings. ``model`` and ``labeler_kind`` ("person" by default: the
+    learner's own) filter them; None keeps all.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        return []
+    with tempfile.TemporaryDirectory(prefix="rlhf-kit-store-") as folder:
+        copy = Path(folder) / path.name
+        # A ranking committed while the files are copied is missed, never half-read: SQLite
+        # checks every frame of the log and ignores an incomplete one.
+        for suffix in ("", "-wal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        with RankingStore(copy) as store:
+            rankings = store.rankings()
+    return [r for r in rankings if (model is None or r.model == model)
+            and (labeler_kind is None or r.labeler_kind == labeler_kind)]
 
 
 def conversation(prompt: str, completion: str) -> list[dict]:

@@ -25,10 +25,12 @@ from rlhf_kit.checks import (
 )
 from rlhf_kit.feedback import (
     Ranking,
+    RankingStore,
     SimulatedLabeler,
     expand_pairs,
     load_example_rankings,
     pairs_dataset,
+    template_items,
 )
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import PEOPLE, VALUES, World
@@ -496,3 +498,20 @@ def test_ensure_stage_builds_a_missing_sft_model_first(tiny_base_dir, tmp_path, 
     metadata = artifacts.read_metadata(path)
     assert metadata["source"] == str(artifacts.stage_dir("sft")) and metadata["rankings"] == 48
     assert load_model(path, kind="reward", device="cpu").config.num_labels == 1
+
+
+def test_read_rankings_reads_a_copy_and_leaves_the_store_untouched(tmp_path):
+    world = World(seed=0)
+    path = tmp_path / "rankings.sqlite"
+    assert reward.read_rankings(path) == [] and not path.exists()  # no store is created
+    store = RankingStore(path)
+    SimulatedLabeler(world, seed=0).label(store, template_items(world, k=3)[:4])
+    mine = Ranking("Where does Alice live?", ("Alice lives in Foxhill.", "I don't know."), (0, 1), (),
+                   model="sft", labeler="you", labeler_kind="person")
+    store.add(mine)  # still open, as while a widget is in use: the newest rows may be in the log only
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert [r.key for r in reward.read_rankings(path, model="sft")] == [mine.key]
+    assert reward.read_rankings(path, model="templates") == []
+    assert len(reward.read_rankings(path, labeler_kind=None)) == 5
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    store.close()
