@@ -208,3 +208,26 @@ def ppo_curves(histories: dict[str, Sequence[dict]], panels: Sequence[tuple[str,
     fig.update_layout(template=TEMPLATE, title=title, height=340,
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+def mimebundle(fig: go.Figure) -> dict:
+    """The figure as the JSON mimetype JupyterLab renders (what ``use_notebook_renderer`` stores)."""
+    import plotly.io as pio
+
+    return pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
+
+
+def show_live(fig: go.Figure):
+    """Display a figure that can be redrawn in place as a run goes on; returns its display handle.
+
+    A plotly figure displays itself without a display id, so each redraw would add a new figure
+    below the last; displayed as a raw mimebundle it keeps one place, and ``redraw`` replaces it.
+    """
+    from IPython.display import display
+
+    return display(mimebundle(fig), raw=True, display_id=True)
+
+
+def redraw(handle, fig: go.Figure) -> None:
+    """Replace the figure shown by ``show_live`` with ``fig``."""
+    handle.update(mimebundle(fig), raw=True)
