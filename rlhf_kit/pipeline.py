@@ -207,8 +207,13 @@ def write_report(out: str | Path, runs: list[StageRun], rows: list[dict], model:
     metrics = [k for k in rows[0] if k not in ("model", "samples", "intervals")] if rows else []
     table = "".join(f"<tr><td>{r['model']}</td>" + "".join(f"<td>{r[k]:.3f}</td>" for k in metrics)
                     + "</tr>" for r in rows)
-    times = "".join(f"<tr><td>{r.stage}</td><td>{'built' if r.built else 'reused'}</td>"
-                    f"<td>{r.seconds:.1f} s</td><td>{r.folder}</td></tr>" for r in runs)
+    def build_time(folder: str) -> str:  # how long the stage took when it was built
+        seconds = read_metadata(folder).get("seconds")
+        return "" if seconds is None else f"{seconds:.0f} s"
+
+    times = "".join(f"<tr><td>{r.stage}</td><td>{'built now' if r.built else 'reused'}</td>"
+                    f"<td>{r.seconds:.1f} s</td><td>{build_time(r.folder)}</td><td>{r.folder}</td></tr>"
+                    for r in runs)
     figures = []
     if rows:
         figures.append(plots.scoreboard([{k: r[k] for k in ("model", *metrics[:3])} for r in rows],
@@ -221,7 +226,8 @@ def write_report(out: str | Path, runs: list[StageRun], rows: list[dict], model:
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "td,th{padding:2px 10px;text-align:right}</style></head><body>"
         f"<h1>rlhf-kit: the whole recipe on {model}</h1>"
-        "<h2>Stages</h2><table><tr><th>stage</th><th></th><th>time</th><th>folder</th></tr>"
+        "<h2>Stages</h2><table><tr><th>stage</th><th></th><th>this run</th><th>its build</th>"
+        "<th>folder</th></tr>"
         f"{times}</table>"
         "<h2>Scoreboard (held-out questions)</h2><table><tr><th>model</th>"
         + "".join(f"<th>{k}</th>" for k in metrics) + f"</tr>{table}</table>"

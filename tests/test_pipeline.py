@@ -77,6 +77,7 @@ def test_every_stage_the_scoreboard_and_the_report(model_folder, tmp_path):
     # best-of-4 keeps the reply the reward model likes best of four, so its mean score is higher
     assert rows[2]["reward-model score"] > rows[1]["reward-model score"]
     page = (out / "report.html").read_text()
+    assert "<td>built now</td>" in page and f"<td>{ppo_meta['seconds']:.0f} s</td>" in page
     assert page.count("<script") >= 2 and "plotly" in page.lower()  # plotly inlined: works offline
     for title in ("SFT: loss on the assistant", "Training the reward model", "PPO, batch by batch"):
         assert title in page
