@@ -820,9 +820,9 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_sourc
     from .world import World
 
     config = config or PPOConfig()
-    started = time.perf_counter()
     policy_dir = ensure_stage("sft") if str(policy_source) == "embedded" else policy_source
     reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
+    started = time.perf_counter()  # this stage only: a missing predecessor is built first
     world = World(seed=read_metadata(policy_dir).get("seed", 0))
     prompts = [q.text for q in world.questions("ppo")]
     tokenizer = load_tokenizer(policy_dir)

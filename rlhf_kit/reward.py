@@ -875,8 +875,8 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, source
     by prompt; the held-out ones are evaluated. Returns the metadata; the caller writes it.
     """
     config = config or RewardConfig()
-    started = time.perf_counter()
     source_dir = ensure_stage("sft") if str(source) == EMBEDDED else source
+    started = time.perf_counter()  # this stage only: a missing predecessor is built first
     # The world the SFT model read about judges its completions.
     world = World(seed=read_metadata(source_dir).get("seed", 0))
     tokenizer = load_tokenizer(source_dir)

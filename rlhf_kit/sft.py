@@ -677,8 +677,8 @@ def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = 
     or a hub id. Returns the metadata (configuration, data size, final loss, run time).
     """
     config = config or SFTConfig()
-    started = time.perf_counter()
     base_dir = ensure_stage("base") if base == EMBEDDED else Path(base)
+    started = time.perf_counter()  # this stage only: a missing predecessor is built first
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
     # The demonstrations must come from the world the base model read about.
