@@ -27,24 +27,13 @@ from pathlib import Path
 
 import torch
 
+from bench_reward import parse_value  # the same --set syntax (this folder is on sys.path)
 from rlhf_kit import ppo
 from rlhf_kit.artifacts import ensure_stage, read_metadata
 from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies, reply_kl, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.sampling import generate
 from rlhf_kit.world import World
-
-
-def parse_value(text: str):
-    """A --set value: None, True, False, an int, a float, or else the text itself."""
-    if text in ("None", "True", "False"):
-        return {"None": None, "True": True, "False": False}[text]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ from rlhf_kit.world import World
 
 
 def parse_value(text: str):
+    """A --set value: None, True, False, an int, a float, or else the text itself."""
+    if text in ("None", "True", "False"):
+        return {"None": None, "True": True, "False": False}[text]
     for kind in (int, float):
         try:
             return kind(text)

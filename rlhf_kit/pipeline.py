@@ -35,11 +35,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from .artifacts import build_folder, ensure_stage, is_ready, read_metadata, stage_dir
 from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies
 from .models import EMBEDDED, load_model, load_tokenizer
+from .ppo import score_texts
 from .sampling import generate
 from .world import World
 
@@ -112,21 +111,14 @@ def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: di
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def reward_scores(reward_model, tokenizer, prompts: list[str], replies: list[str]) -> list[float]:
-    from .ppo import score_texts
-
-    return score_texts(reward_model, tokenizer, prompts, replies).tolist()
-
-
-def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, world: World, questions, n: int,
+def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, questions, n: int,
               max_new_tokens: int, seed: int) -> tuple[list[str], list[float]]:
     """For each question, n replies of the policy; keep the one the reward model scores highest."""
     asked = [q for q in questions for _ in range(n)]
     out = generate(policy, tokenizer, [format_prompt(q, tokenizer, CHAT) for q in asked],
                    max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
     replies = [first_line(c) for c in out.completions]
-    scores = reward_scores(reward_model, reward_tokenizer, [q.text for q in asked], replies)
+    scores = score_texts(reward_model, reward_tokenizer, [q.text for q in asked], replies).tolist()
     best, best_scores = [], []
     for i in range(0, len(asked), n):
         j = max(range(i, i + n), key=lambda k: scores[k])
@@ -163,9 +155,9 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
                        max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
         replies = [first_line(c) for c in out.completions]
         add(judge_replies(world, questions, replies, name),
-            reward_scores(reward_model, reward_tokenizer, [q.text for q in questions], replies))
+            score_texts(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist())
         if stage == "sft":  # best-of-n: the SFT model, n tries, the reward model picks
-            replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer, world,
+            replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer,
                                         questions, n, max_new_tokens, seed + 1)
             add(judge_replies(world, questions, replies, f"best-of-{n}"), scores)
     order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3}
