@@ -1,4 +1,4 @@
-"""The widgets of lesson 3: rank completions best to worst, or compare two of them blind.
+"""The course's widgets: rank completions best to worst, compare two of them blind, chat.
 
 ``RankingWidget`` shows a prompt and its K completions in a shuffled order (the order is stored
 with the ranking, so position bias can be studied later). The learner clicks the completions
@@ -9,6 +9,8 @@ cell or a second notebook on the same store resumes where the learner left off.
 
 ``ComparisonWidget`` shows two completions of one prompt as A and B, without saying which model
 wrote which, and records which is better, or a tie (lesson 7 compares models with it).
+
+``ChatWidget`` (lesson 7) talks to any stage's model in turns, over a ``chat.Chat``.
 
 ipywidgets swallows the exceptions raised in button callbacks (they go to the log console, which
 nobody reads), so every callback here catches its errors and shows them in the widget, in one
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import html
 import sqlite3
+import warnings
 from collections.abc import Callable, Iterable
 
 import ipywidgets as widgets
@@ -369,3 +372,107 @@ class ComparisonWidget(_LabelingWidget):
                 text.value = ('<div style="font-weight: bold">' + "AB"[side] + "</div>"
                               + _html(self.current.completions[index]))
         self._say(message)
+
+
+class ChatWidget(widgets.VBox):
+    """Talk to any stage's model in turns (lesson 7), with the generation settings at hand.
+
+    The dropdown picks who writes the next reply; switching between turns is allowed, and each
+    reply is labelled with its model. The sliders set temperature, top-p and the reply's length.
+    Send (or Enter in the text box) adds your message and the reply; Clear starts over. When the
+    oldest turns no longer fit in the model's context, the message line says how many it no longer
+    reads. ``send(text)`` and ``clear()`` do the same without clicks; ``chat.history`` is the
+    conversation.
+    """
+
+    def __init__(self, chat, model: str | None = None):
+        from .chat import Chat  # the conversation itself, kept free of ipywidgets
+
+        super().__init__()
+        if not isinstance(chat, Chat):
+            raise TypeError(f"chat must be a rlhf_kit.chat.Chat, not {type(chat).__name__}.")
+        self.chat = chat
+        self.message = ""
+        names = list(chat.models)
+        self._picker = widgets.Dropdown(options=names, value=model or names[-1], description="Model")
+        self._temperature = widgets.FloatSlider(value=chat.temperature, min=0.0, max=1.5, step=0.1,
+                                                description="Temperature", readout_format=".1f")
+        self._top_p = widgets.FloatSlider(value=chat.top_p, min=0.1, max=1.0, step=0.05,
+                                          description="Top-p", readout_format=".2f")
+        self._length = widgets.IntSlider(value=chat.max_new_tokens, min=4, max=64, step=4,
+                                         description="Reply tokens")
+        self._history = widgets.HTML(layout={"width": "100%"})
+        self._input = widgets.Text(placeholder="Ask something, e.g. Where does Pavel live?",
+                                   layout={"width": "60%"}, continuous_update=False)
+        self._send_button = widgets.Button(description="Send", button_style="primary")
+        self._clear_button = widgets.Button(description="Clear")
+        self._message = widgets.HTML()
+        for name, part in (("model", self._picker), ("history", self._history), ("input", self._input),
+                           ("send", self._send_button), ("clear", self._clear_button), ("message", self._message)):
+            part.add_class(f"rlhf-chat-{name}")
+        self._send_button.on_click(lambda _: self.send(self._input.value))
+        with warnings.catch_warnings():  # Enter sends; ipywidgets 8 deprecates on_submit but has no
+            warnings.simplefilter("ignore", DeprecationWarning)  # other way that ignores losing focus
+            self._input.on_submit(lambda _: self.send(self._input.value))
+        self._clear_button.on_click(lambda _: self.clear())
+        self.children = (widgets.HBox([self._picker, self._length]),
+                         widgets.HBox([self._temperature, self._top_p]), self._history,
+                         widgets.HBox([self._input, self._send_button, self._clear_button]), self._message)
+        self.add_class("rlhf-chat")
+        self._show_history()
+
+    def __repr__(self) -> str:
+        return f"ChatWidget(models={list(self.chat.models)}, turns={len(self.chat.history)})"
+
+    def _say(self, text: str, style: str = OK_STYLE) -> None:
+        self.message = text
+        self._message.value = _html(text, style) if text else ""
+
+    def send(self, text: str, model: str | None = None) -> bool:
+        """Your message and the chosen model's reply; returns True when both were added.
+
+        On any error the history and the typed text stay as they were, and the message line says
+        what to do.
+        """
+        if model is not None:
+            self._picker.value = model
+        self.chat.temperature = self._temperature.value
+        self.chat.top_p = self._top_p.value
+        self.chat.max_new_tokens = self._length.value
+        try:
+            reply = self.chat.ask(text, self._picker.value)
+        except Exception as error:  # noqa: BLE001 - shown to the learner, never swallowed
+            self._say(str(error) if isinstance(error, (ValueError, KeyError)) else
+                      f"Something went wrong ({type(error).__name__}: {error}); nothing was added.",
+                      ERROR_STYLE)
+            return False
+        self._input.value = ""
+        self._show_history()
+        note = ""
+        if reply.left_out:
+            context = self.chat.model(reply.model).context
+            note = (f"{reply.model} reads at most {context} tokens, so it no longer sees the first "
+                    f"{reply.left_out} messages.")
+        self._say(note)
+        return True
+
+    def clear(self) -> None:
+        """Forget the conversation."""
+        self.chat.clear()
+        self._show_history()
+        self._say("")
+
+    def _show_history(self) -> None:
+        if not self.chat.history:
+            self._history.value = _html("No messages yet.", "color: #666")
+            return
+        bubbles = []
+        for turn in self.chat.history:
+            if turn["role"] == "user":
+                who, style = "You", "background: #e3f2fd; margin: 4px 20% 4px 0"
+            else:
+                who, style = turn.get("model", "assistant"), "background: #f1f8e9; margin: 4px 0 4px 20%"
+            bubbles.append(f'<div style="{style}; padding: 6px; border-radius: 6px">'
+                           f'<div style="font-weight: bold">{html.escape(who)}</div>'
+                           + _html(turn["content"] or "(an empty reply)") + "</div>")
+        self._history.value = "".join(bubbles)
