@@ -5,6 +5,7 @@ or ``$RLHF_KIT_HOME``)::
 
     embedded-v2/base/   the pretrained GPT and its tokenizer (lesson 1)
     embedded-v2/sft/    the fine-tuned assistant (lesson 2), and so on
+    embedded-v2/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
 A folder holds what ``save_pretrained`` writes plus ``rlhf_kit.json``, a small metadata file
 (configuration, seed, data size, final loss, package versions). A folder counts as ready only
@@ -45,6 +46,7 @@ def _builders() -> dict[str, Builder]:
     builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft,
                                     "reward": reward.build_reward}
     builders["ppo"] = ppo.build_ppo
+    builders["big-base"] = pretrain.build_big_base  # lesson 7: four times the base model's size
     return builders
 
 

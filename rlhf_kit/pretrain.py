@@ -195,3 +195,26 @@ def build_base(out_dir: str | Path, config: PretrainConfig | None = None,
         "seconds": time.perf_counter() - started,
         "history": history,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# A bigger base model, for lesson 7's comparison
+# ----------------------------------------------------------------------------------------------
+
+
+def big_base_config(seed: int = 0) -> PretrainConfig:
+    """The base model's recipe with twice the width: about four times the parameters.
+
+    Same world, corpus, tokenizer, batches, steps and schedule; only the width changes (128 to 256,
+    with 4 heads of 64). InstructGPT's headline was that people preferred the replies of its
+    1.3-billion-parameter aligned model to those of the 175-billion-parameter GPT-3; lesson 7 puts
+    the small aligned model of this course against this bigger base model in the same way.
+    """
+    return PretrainConfig(seed=seed, n_embd=256)
+
+
+def build_big_base(out_dir: str | Path, config: PretrainConfig | None = None,
+                   progress: bool = True) -> dict:
+    """``build_base`` with ``big_base_config()``: the ``big-base`` stage."""
+    return build_base(out_dir, config or big_base_config(), progress)
+
