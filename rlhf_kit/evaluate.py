@@ -54,6 +54,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """An approximate 95 % interval for a mean: mean ± z·s/√n (normal approximation)."""
+    n = len(values)
+    if n < 2:
+        return (float("nan"), float("nan"))
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return (mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n))
+
+
 @dataclass
 class Report:
     """The rates of one model on one set of questions, with the samples they came from."""
@@ -89,7 +99,8 @@ def judge_replies(world: World, questions: list[Question], replies: list[str], n
         false_rate=counts["false-statement rate"] / n,
         rude_rate=counts["rudeness rate"] / n,
         rubric_score=sum(j.score for j in judgements) / n,
-        intervals={k: wilson_interval(v, n) for k, v in counts.items()},
+        intervals={**{k: wilson_interval(v, n) for k, v in counts.items()},
+                   "rubric score": mean_interval([j.score for j in judgements])},
         samples=list(zip(questions, replies, judgements)),
     )
 

@@ -231,3 +231,55 @@ def show_live(fig: go.Figure):
 def redraw(handle, fig: go.Figure) -> None:
     """Replace the figure shown by ``show_live`` with ``fig``."""
     handle.update(mimebundle(fig), raw=True)
+
+
+# -- lesson 7: every stage side by side ----------------------------------------------------------
+
+COURSE_PANELS = (("answer rate", "answer rate ↑"), ("false-statement rate", "false-statement rate ↓"),
+                 ("rudeness rate", "rudeness rate ↓"), ("rubric score", "rubric score ↑"),
+                 ("reward-model score", "reward-model score"))
+"""The scoreboard's five measures; arrows say which way is better (the reward model's is a proxy)."""
+
+
+def course_scoreboard(rows: Sequence[dict], panels: Sequence[tuple[str, str]] = COURSE_PANELS,
+                      title: str = "Every stage on the held-out questions") -> go.Figure:
+    """One panel per measure, one bar per model in the same colour everywhere, with 95 % intervals.
+
+    ``rows`` are scoreboard rows (``pipeline.scoreboard``): ``row["intervals"][measure]`` holds
+    (low, high) where known.
+    """
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[label for _, label in panels],
+                        horizontal_spacing=0.04)
+    for i, row in enumerate(rows):
+        colour = COLOURS[i % len(COLOURS)] if i < len(COLOURS) else None
+        for col, (key, _) in enumerate(panels, 1):
+            value = row[key]
+            low, high = row.get("intervals", {}).get(key, (value, value))
+            fig.add_bar(x=[row["model"]], y=[round(value, 4)], name=row["model"], legendgroup=row["model"],
+                        showlegend=col == 1, marker_color=colour, row=1, col=col,
+                        error_y={"type": "data", "symmetric": False, "array": [round(high - value, 4)],
+                                 "arrayminus": [round(value - low, 4)]})
+            fig.update_xaxes(showticklabels=False, row=1, col=col)
+    for col in (1, 2, 3):
+        fig.update_yaxes(range=[0, 1], row=1, col=col)
+    fig.update_layout(template=TEMPLATE, title=title, height=380, bargap=0.15,
+                      legend={"orientation": "h", "y": -0.1})
+    return fig
+
+
+def win_rates(rows: Sequence[dict], title: str = "Win rate", threshold: float = 0.5) -> go.Figure:
+    """Horizontal bars of win rates (``compare.WinRate.row()``) with their 95 % intervals, and a
+    line at ``threshold`` (0.5: no better, no worse)."""
+    labels = [f"{r['judge']} ({r['pairs']} pairs)" for r in rows]
+    fig = go.Figure(go.Bar(
+        y=labels, x=[round(r["win rate"], 4) for r in rows], orientation="h",
+        error_x={"type": "data", "symmetric": False,
+                 "array": [round(r["high"] - r["win rate"], 4) for r in rows],
+                 "arrayminus": [round(r["win rate"] - r["low"], 4) for r in rows]},
+        marker_color=[COLOURS[i % len(COLOURS)] for i in range(len(rows))]))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="#555")
+    fig.update_layout(template=TEMPLATE, title=title, xaxis_range=[0, 1], xaxis_title="win rate (a tie counts half)",
+                      yaxis_autorange="reversed", height=80 + 45 * len(rows), margin={"l": 10})
+    return fig

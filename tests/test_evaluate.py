@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
@@ -41,6 +43,10 @@ def test_judge_replies_counts_each_fault():
     assert report.n == 4
     assert report.answer_rate == 0.5 and report.false_rate == 0.25 and report.rude_rate == 0.25
     assert report.row()["model"] == "hand"
+    scores = [j.score for _, _, j in report.samples]
+    low, high = report.intervals["rubric score"]  # mean ± 1.96 s/√n
+    half = 1.96 * statistics.stdev(scores) / 2
+    assert (low, high) == pytest.approx((report.rubric_score - half, report.rubric_score + half))
     with pytest.raises(ValueError, match="one reply per question"):
         judge_replies(world, [q], [])
 
