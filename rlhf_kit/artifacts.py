@@ -41,11 +41,13 @@ Builder = Callable[[Path], dict]
 
 
 def _builders() -> dict[str, Builder]:
-    from . import ppo, pretrain, reward, sft
+    from . import alternatives, ppo, pretrain, reward, sft
 
     builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft,
                                     "reward": reward.build_reward}
     builders["ppo"] = ppo.build_ppo
+    builders["dpo"] = alternatives.build_dpo  # lesson 7: after PPO, on the same data
+    builders["grpo"] = alternatives.build_grpo
     builders["big-base"] = pretrain.build_big_base  # lesson 7: four times the base model's size
     return builders
 
