@@ -194,7 +194,7 @@ def trl_dpo_arguments(config: DPOConfig, output_dir: str, device: torch.device) 
         # TRL defaults to bf16 (slow and emulated on a CPU) and to activation checkpointing (a small
         # model does not need the memory it saves, and pays 20 % in time).
         bf16=preferred_dtype(device) == torch.bfloat16,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # by default Trainer replaces a NaN loss in its logs
@@ -381,7 +381,7 @@ def trl_grpo_arguments(config: GRPOConfig, output_dir: str, device: torch.device
         lr_scheduler_type="constant",
         reward_weights=[1.0, 0.0],  # the reward model trains; the rubric is only watched
         bf16=preferred_dtype(device) == torch.bfloat16,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,
         save_strategy="no",

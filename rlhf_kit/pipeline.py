@@ -13,6 +13,8 @@
     sft     fine-tuned on the world's demonstrations (lesson 2)
     reward  its body with a scalar head, trained on simulated rankings (lessons 3 and 4)
     ppo     the SFT model after PPO against the reward model (lesson 6)
+    dpo     the SFT model after DPO on the reward model's own preference pairs (lesson 7)
+    grpo    the SFT model after GRPO against the reward model (lesson 7)
 
 A stage whose folder is complete is reused, so a run that was interrupted resumes at the stage it
 stopped in (a stage is written into a temporary folder and renamed into place when it is whole:
@@ -20,8 +22,8 @@ an interrupted stage starts again from its predecessor). Then every model answer
 questions, and ``OUT`` receives:
 
     report.html       the scoreboard and every stage's curves, one self-contained page
-    scoreboard.json   base, SFT, reward-model best-of-n and PPO: rates with 95 % intervals,
-                      rubric score and reward-model score
+    scoreboard.json   base, SFT, reward-model best-of-n, PPO, DPO and GRPO: rates, rubric
+                      score and reward-model score, each with a 95 % interval
     stages.json       each stage's folder, whether this run built it, and how long it took
     stages/           the stage folders (copies of the embedded ones; the built ones for a hub model)
 """
@@ -36,13 +38,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifacts import build_folder, ensure_stage, is_ready, read_metadata, stage_dir
-from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies
+from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies, mean_interval
 from .models import EMBEDDED, load_model, load_tokenizer
 from .ppo import score_texts
 from .sampling import generate
 from .world import World
 
-STAGES = ("base", "sft", "reward", "ppo")
+STAGES = ("base", "sft", "reward", "ppo", "dpo", "grpo")
 
 
 @dataclass
@@ -58,7 +60,7 @@ class StageRun:
 def _builder(stage: str, model: str, folders: dict[str, Path], configs: dict, progress: bool
              ) -> Callable[[Path], dict]:
     """The function that writes ``stage`` into a folder, reading its predecessors' folders."""
-    from . import ppo, reward, sft
+    from . import alternatives, ppo, reward, sft
 
     if stage == "sft":
         return lambda out: sft.build_sft(out, configs.get("sft"), base=model, progress=progress)
@@ -68,6 +70,12 @@ def _builder(stage: str, model: str, folders: dict[str, Path], configs: dict, pr
     if stage == "ppo":
         return lambda out: ppo.build_ppo(out, configs.get("ppo"), policy_source=folders["sft"],
                                          reward_source=folders["reward"], progress=progress)
+    if stage == "dpo":
+        return lambda out: alternatives.build_dpo(out, configs.get("dpo"), source=folders["sft"],
+                                                  reward_source=folders["reward"], progress=progress)
+    if stage == "grpo":
+        return lambda out: alternatives.build_grpo(out, configs.get("grpo"), policy_source=folders["sft"],
+                                                   reward_source=folders["reward"], progress=progress)
     raise ValueError(f"Unknown stage {stage!r}; the stages are: {', '.join(STAGES)}.")
 
 
@@ -129,11 +137,13 @@ def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, questions, n: i
 
 def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n: int = 4,
                max_new_tokens: int = 24, seed: int = 0) -> list[dict]:
-    """Base, SFT, best-of-n and PPO on the world's held-out questions, judged by its rubric.
+    """Base, SFT, best-of-n, PPO, DPO and GRPO on the world's held-out questions, judged by its rubric.
 
-    Each question is asked ``samples_per_question`` times at temperature 1 (the base model in
+    Each question is asked ``samples_per_question`` times at temperature 1 (the base models in
     plain text, as in lesson 1; the others through the chat template). Every reply is also scored
-    by the reward model. Rows hold the rates, their 95 % intervals, and both mean scores.
+    by the reward model. Rows hold the rates, both mean scores, and 95 % intervals of each. A
+    stage missing from ``folders`` has no row; ``folders["big-base"]``, when given, adds the
+    bigger base model of lesson 7 as "big base".
     """
     sft_dir = Path(folders["sft"])
     world = World(seed=read_metadata(sft_dir).get("seed", 0))
@@ -144,9 +154,10 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
 
     def add(report: Report, scores: list[float]) -> None:
         rows.append({**report.row(), "reward-model score": sum(scores) / len(scores),
-                     "intervals": report.intervals})
+                     "intervals": {**report.intervals, "reward-model score": mean_interval(scores)}})
 
-    for name, stage, style in (("base", "base", PLAIN), ("SFT", "sft", CHAT), ("PPO", "ppo", CHAT)):
+    for name, stage, style in (("base", "base", PLAIN), ("SFT", "sft", CHAT), ("PPO", "ppo", CHAT),
+                               ("DPO", "dpo", CHAT), ("GRPO", "grpo", CHAT), ("big base", "big-base", PLAIN)):
         if stage not in folders:
             continue
         tokenizer = load_tokenizer(folders[stage])
@@ -160,7 +171,7 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
             replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer,
                                         questions, n, max_new_tokens, seed + 1)
             add(judge_replies(world, questions, replies, f"best-of-{n}"), scores)
-    order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3}
+    order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3, "DPO": 4, "GRPO": 5, "big base": 6}
     return sorted(rows, key=lambda r: order[r["model"]])
 
 
@@ -184,6 +195,12 @@ def stage_figures(folders: dict[str, str | Path]) -> list:
         figures.append(plots.reward_curves(histories["reward"]))
     if histories.get("ppo"):
         figures.append(plots.ppo_curves({"PPO": histories["ppo"]}))
+    if histories.get("dpo"):
+        figures.append(plots.curves(histories["dpo"], ["loss/train", "dpo/accuracy", "dpo/margin"],
+                                    title="DPO: loss, and the implicit reward's accuracy and margin"))
+    if histories.get("grpo"):
+        figures.append(plots.curves(histories["grpo"], ["grpo/reward_model_score", "grpo/rubric_score", "grpo/kl"],
+                                    title="GRPO: reward-model score, rubric score (watched) and KL"))
     return figures
 
 

@@ -2,7 +2,8 @@
 
 No network here: a GPT-2-shaped and a Llama-shaped model, built from small configurations with a
 tokenizer trained on the toy world, stand in for hub models. Each goes through SFT, reward
-training and a few PPO batches with tiny configurations, and the report folder is checked.
+training, a few PPO batches, a few DPO steps and a few GRPO steps with tiny configurations, and
+the report folder is checked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rlhf_kit import pipeline
+from rlhf_kit.alternatives import DPOConfig, GRPOConfig
 from rlhf_kit.cli import main
 from rlhf_kit.ppo import PPOConfig
 from rlhf_kit.reward import RewardConfig
@@ -27,6 +29,8 @@ TINY = {
     "sft": SFTConfig(n_conversations=40, max_steps=6, batch_size=8, n_eval=8, eval_every=3, log_every=2),
     "reward": RewardConfig(sets_per_question=1, epochs=1, rankings_per_batch=8, log_every=2, eval_every=0),
     "ppo": PPOConfig(batches=2, batch_size=8, max_new_tokens=8, ppo_epochs=1, minibatch_size=8, log_samples=2),
+    "dpo": DPOConfig(epochs=0.1, batch_size=8, log_every=1),
+    "grpo": GRPOConfig(steps=2, prompts_per_step=4, group_size=2, max_new_tokens=8),
 }
 
 
@@ -59,27 +63,36 @@ def test_every_stage_the_scoreboard_and_the_report(model_folder, tmp_path):
     out = tmp_path / "report"
     result = pipeline.run(out, str(model_folder), TINY, samples_per_question=1, progress=False)
     runs = {r.stage: r for r in result["stages"]}
-    assert list(runs) == ["base", "sft", "reward", "ppo"]
-    assert not runs["base"].built and all(runs[s].built for s in ("sft", "reward", "ppo"))
-    for stage in ("sft", "reward", "ppo"):
+    assert list(runs) == ["base", "sft", "reward", "ppo", "dpo", "grpo"]
+    assert not runs["base"].built and all(runs[s].built for s in ("sft", "reward", "ppo", "dpo", "grpo"))
+    for stage in ("sft", "reward", "ppo", "dpo", "grpo"):
         folder = out / "stages" / stage
         assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
         assert json.loads((folder / "rlhf_kit.json").read_text())["stage"] == stage
     ppo_meta = json.loads((out / "stages" / "ppo" / "rlhf_kit.json").read_text())
     assert len(ppo_meta["history"]) == 2  # the tiny configuration reached the stage
+    grpo_meta = json.loads((out / "stages" / "grpo" / "rlhf_kit.json").read_text())
+    assert [h["step"] for h in grpo_meta["history"]] == [1, 2]
+    dpo_meta = json.loads((out / "stages" / "dpo" / "rlhf_kit.json").read_text())
+    reward_meta = json.loads((out / "stages" / "reward" / "rlhf_kit.json").read_text())
+    assert dpo_meta["pairs"]["train"] == reward_meta["pairs"]["train"]  # the reward model's own pairs
     rows = json.loads((out / "scoreboard.json").read_text())
-    assert [r["model"] for r in rows] == ["base", "SFT", "best-of-4", "PPO"]
+    assert [r["model"] for r in rows] == ["base", "SFT", "best-of-4", "PPO", "DPO", "GRPO"]
     for row in rows:
         assert row["samples"] == len(World(0).questions("heldout"))
         for key in ("answer rate", "false-statement rate", "rudeness rate"):
             low, high = row["intervals"][key]
             assert 0 <= low <= row[key] <= high <= 1
+        for key in ("rubric score", "reward-model score"):
+            low, high = row["intervals"][key]
+            assert low <= row[key] <= high
     # best-of-4 keeps the reply the reward model likes best of four, so its mean score is higher
     assert rows[2]["reward-model score"] > rows[1]["reward-model score"]
     page = (out / "report.html").read_text()
     assert "<td>built now</td>" in page and f"<td>{ppo_meta['seconds']:.0f} s</td>" in page
     assert page.count("<script") >= 2 and "plotly" in page.lower()  # plotly inlined: works offline
-    for title in ("SFT: loss on the assistant", "Training the reward model", "PPO, batch by batch"):
+    for title in ("SFT: loss on the assistant", "Training the reward model", "PPO, batch by batch", "DPO: loss",
+                  "GRPO: reward-model score"):
         assert title in page
     assert [s["stage"] for s in json.loads((out / "stages.json").read_text())] == list(runs)
 
@@ -106,7 +119,7 @@ def test_an_interrupted_run_resumes_at_the_stage_it_stopped_in(tokenizer, tmp_pa
 
     monkeypatch.setattr(ppo, "build_ppo", real_build)
     runs = pipeline.run_stages(str(folder), out, TINY, progress=False)
-    assert [r.built for r in runs] == [False, False, False, True]
+    assert [r.built for r in runs] == [False, False, False, True, True, True]
     assert (out / "stages" / "sft" / "model.safetensors").stat().st_mtime_ns == sft_written
 
 
