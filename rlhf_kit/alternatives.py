@@ -34,6 +34,8 @@ Both are stages: ``build_dpo`` and ``build_grpo`` write a model folder, and
 
 from __future__ import annotations
 
+import functools
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -429,6 +431,31 @@ GRPO_KEYS = {"grpo/reward_model_score": "rewards/reward_model_score/mean",
 """Our history's names for TRL's GRPO logs."""
 
 
+def checked_reward(fn):
+    """``fn`` as a GRPO reward function that stops the run on a score that is not a finite number.
+
+    TRL averages rewards with ``nanmean``: a reward function may return None or NaN for replies
+    it does not apply to, and those are skipped without a word, so a broken reward model would
+    go unnoticed. With one sampled batch per step (``steps_per_generation=1``) the n-th call is
+    step n. The wrapper keeps ``fn``'s name, under which TRL logs its mean.
+    """
+    from .ppo import NonFiniteReward
+
+    calls = {"n": 0}
+
+    @functools.wraps(fn)
+    def reward(prompts, completions, **kwargs):
+        calls["n"] += 1
+        scores = fn(prompts, completions, **kwargs)
+        bad = [s for s in scores if s is None or not math.isfinite(s)]
+        if bad:
+            raise NonFiniteReward(f"The reward function {fn.__name__} gave {bad[0]} at step {calls['n']}: "
+                                  "check the reward model (or function) before training with it.")
+        return scores
+
+    return reward
+
+
 class _CheckedGRPOTrainer(trl.GRPOTrainer):
     """TRL's GRPOTrainer that stops at the first non-finite loss, before ``backward``."""
 
@@ -458,7 +485,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     callback = _Progress(progress, "GRPO", GRPO_KEYS)
     with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir, _quiet():
-        trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=reward_funcs,
+        trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
                                       args=trl_grpo_arguments(config, output_dir, policy.device),
                                       train_dataset=dataset, processing_class=tokenizer,
                                       callbacks=[callback])
