@@ -109,3 +109,16 @@ def labeler_verdicts(labeler: SimulatedLabeler, items: Sequence[ComparisonItem])
 def score_verdicts(scores_a: Sequence[float], scores_b: Sequence[float]) -> list[int | None]:
     """0 where the first score is higher, 1 where the second is, None where they are equal."""
     return [None if a == b else int(b > a) for a, b in zip(scores_a, scores_b)]
+
+
+def best_of_n_indices(scores, n: int):
+    """Best-of-n: ``scores`` (N,) holds n replies per prompt, one prompt after another; returns the
+    (N / n,) indices, into the flat list, of the best-scored reply of each prompt (the first of
+    equal best scores)."""
+    import torch
+
+    if scores.dim() != 1 or n < 1 or scores.numel() % n:
+        raise ValueError(f"scores must be one row of n = {n} replies per prompt; got shape "
+                         f"{tuple(scores.shape)}.")
+    groups = scores.view(-1, n)  # (prompts, n)
+    return groups.argmax(dim=1) + n * torch.arange(groups.shape[0])

@@ -402,8 +402,10 @@ class ChatWidget(widgets.VBox):
         self._length = widgets.IntSlider(value=chat.max_new_tokens, min=4, max=64, step=4,
                                          description="Reply tokens")
         self._history = widgets.HTML(layout={"width": "100%"})
+        # continuous_update: the typed text reaches the kernel at each keystroke, so that Enter's
+        # "submit" (sent before the text box's change event) finds the text already there.
         self._input = widgets.Text(placeholder="Ask something, e.g. Where does Pavel live?",
-                                   layout={"width": "60%"}, continuous_update=False)
+                                   layout={"width": "60%"}, continuous_update=True)
         self._send_button = widgets.Button(description="Send", button_style="primary")
         self._clear_button = widgets.Button(description="Clear")
         self._message = widgets.HTML()
