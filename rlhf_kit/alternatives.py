@@ -168,7 +168,10 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
     if recorded is not None and len(train) != recorded:
         raise RuntimeError(f"{len(train)} training pairs where the reward stage recorded {recorded}: "
                            "rebuild the reward stage on this machine.")
-    return train, heldout
+    # The reward model did not train on pairs longer than its max_length (reward.audit_pairs);
+    # TRL's DPOTrainer would cut them short instead, so they are left out here too.
+    dropped = set(meta.get("pairs", {}).get("dropped", []))
+    return [row for i, row in enumerate(train) if i not in dropped], heldout
 
 
 def to_dpo_dataset(rows: list[dict]) -> datasets.Dataset:
@@ -259,6 +262,30 @@ def _quiet():
     return _quiet_datasets()
 
 
+def make_dpo_trainer(model, ref_model, tokenizer, rows: list[dict], config: DPOConfig, output_dir: str,
+                     progress: bool = True) -> trl.DPOTrainer:
+    """A ``DPOTrainer`` ready to ``train()``, its pairs tokenized (see ``train_dpo``).
+
+    TRL renders each pair through the chat template: ``prompt_ids`` are the user turn and the
+    assistant's tag, exactly what ``reward.chat_prompt`` gives the model when it answers, and
+    ``chosen_ids``/``rejected_ids`` are the reply and its ``<|end|>`` (no EOS is added to a
+    conversation), so DPO trains on the tokens the model writes.
+    """
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if context and config.max_length > context:
+        config = DPOConfig(**{**asdict(config), "max_length": context})
+    with _quiet():
+        trainer = _CheckedDPOTrainer(model=model, ref_model=ref_model,
+                                     args=trl_dpo_arguments(config, output_dir, model.device),
+                                     train_dataset=to_dpo_dataset(rows), processing_class=tokenizer,
+                                     callbacks=[_Progress(progress, "DPO", DPO_KEYS)])
+    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    if len(trainer.train_dataset) != len(rows):  # TRL drops a pair whose prompt fills max_length
+        raise ValueError(f"{len(rows)} pairs went into TRL's DPOTrainer and it kept {len(trainer.train_dataset)}: "
+                         "raise max_length or shorten the prompts.")
+    return trainer
+
+
 def train_dpo(model, ref_model, tokenizer, rows: list[dict], config: DPOConfig | None = None,
               progress: bool = True) -> list[dict]:
     """DPO on preference rows ``{prompt, chosen, rejected}`` with TRL; returns the history.
@@ -272,20 +299,14 @@ def train_dpo(model, ref_model, tokenizer, rows: list[dict], config: DPOConfig |
     if same:
         raise ValueError(f"Pair {same[0]} has the same text chosen and rejected: drop it, it says nothing.")
     seed_everything(config.seed)
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
-    if context and config.max_length > context:
-        config = DPOConfig(**{**asdict(config), "max_length": context})
     for parameter in ref_model.parameters():
         parameter.requires_grad_(False)
-    callback = _Progress(progress, "DPO", DPO_KEYS)
-    with tempfile.TemporaryDirectory(prefix="rlhf-kit-dpo-") as output_dir, _quiet():
-        trainer = _CheckedDPOTrainer(model=model, ref_model=ref_model,
-                                     args=trl_dpo_arguments(config, output_dir, model.device),
-                                     train_dataset=to_dpo_dataset(rows), processing_class=tokenizer,
-                                     callbacks=[callback])
-        trainer.remove_callback(PrinterCallback)
+    with tempfile.TemporaryDirectory(prefix="rlhf-kit-dpo-") as output_dir:
+        trainer = make_dpo_trainer(model, ref_model, tokenizer, rows, config, output_dir, progress)
+        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
         try:
-            trainer.train()
+            with _quiet():
+                trainer.train()
         finally:
             callback.close()
     model.eval()
@@ -345,10 +366,13 @@ def build_dpo(out_dir: str | Path, config: DPOConfig | None = None, source: str 
 
 @dataclass
 class GRPOConfig:
-    """Everything that decides the GRPO stage. Defaults: about a minute on 2 CPU cores.
+    """Everything that decides the GRPO stage. Defaults: about 20 s on 2 idle CPU cores.
 
     Not TRL's ``trl.GRPOConfig``: the few settings the course varies (``trl_grpo_arguments``
-    translates them). Sampling matches PPO's: temperature 1, at most 24 new tokens.
+    translates them). Sampling matches PPO's: temperature 1, at most 24 new tokens, and the
+    defaults sample as many replies as the ``ppo`` stage does (40 steps x 8 prompts x 4 = 1,280,
+    PPO's 40 batches of 32), so the two spend the same samples: PPO reuses each batch for 16
+    updates (4 epochs of 4 minibatches), GRPO for one.
     """
 
     seed: int = 0  # prompt order and sampling
@@ -384,6 +408,9 @@ def trl_grpo_arguments(config: GRPOConfig, output_dir: str, device: torch.device
         reward_weights=[1.0, 0.0],  # the reward model trains; the rubric is only watched
         bf16=preferred_dtype(device) == torch.bfloat16,
         activation_checkpointing=False,
+        # TRL's GRPO keeps dropout on by default (its DPO turns it off): with dropout the log-probs
+        # of training and of sampling differ, and the ratio and the KL measure noise. PPO has none.
+        disable_dropout=True,
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,
         save_strategy="no",
@@ -428,28 +455,28 @@ GRPO_KEYS = {"grpo/reward_model_score": "rewards/reward_model_score/mean",
              "grpo/rubric_score": "rewards/rubric_score/mean", "grpo/kl": "kl",
              "grpo/reward_std": "reward_std", "grpo/clip_ratio": "clip_ratio/region_mean",
              "grpo/length": "completions/mean_length", "grpo/entropy": "entropy"}
-"""Our history's names for TRL's GRPO logs."""
+"""Our history's names for TRL's GRPO logs. ``grpo/kl`` is TRL's mean KL estimate per token; the
+``ppo`` stage's ``ppo/kl`` is per reply, summed over its tokens (about 11 times larger here)."""
 
 
 def checked_reward(fn):
     """``fn`` as a GRPO reward function that stops the run on a score that is not a finite number.
 
-    TRL averages rewards with ``nanmean``: a reward function may return None or NaN for replies
-    it does not apply to, and those are skipped without a word, so a broken reward model would
-    go unnoticed. With one sampled batch per step (``steps_per_generation=1``) the n-th call is
-    step n. The wrapper keeps ``fn``'s name, under which TRL logs its mean.
+    TRL sums the reward functions' scores with ``nansum``: a reward function may return None or
+    NaN for replies it does not apply to, and those count as 0 without a word, so a broken reward
+    model would go unnoticed. TRL passes its ``trainer_state``: the scores are for the step after
+    ``global_step``. The wrapper keeps ``fn``'s name, under which TRL logs its mean.
     """
     from .ppo import NonFiniteReward
 
-    calls = {"n": 0}
-
     @functools.wraps(fn)
     def reward(prompts, completions, **kwargs):
-        calls["n"] += 1
         scores = fn(prompts, completions, **kwargs)
         bad = [s for s in scores if s is None or not math.isfinite(s)]
         if bad:
-            raise NonFiniteReward(f"The reward function {fn.__name__} gave {bad[0]} at step {calls['n']}: "
+            state = kwargs.get("trainer_state")
+            step = f" at step {state.global_step + 1}" if state is not None else ""
+            raise NonFiniteReward(f"The reward function {fn.__name__} gave {bad[0]}{step}: "
                                   "check the reward model (or function) before training with it.")
         return scores
 
@@ -471,9 +498,13 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
                config: GRPOConfig | None = None, progress: bool = True) -> list[dict]:
     """GRPO on ``prompts`` with TRL; ``reward_funcs`` are [trained on, watched]. Returns the history.
 
-    The reference is ``policy`` as it is when training starts (TRL keeps a frozen copy of it when
-    beta > 0): pass the SFT model.
+    The reference of the KL penalty (when beta > 0) is the SFT model, and TRL does not copy it
+    from ``policy``: it loads it again from the folder ``policy`` was loaded from
+    (``policy.config._name_or_path``). So ``policy`` must be a model as saved, not one changed
+    in memory since; that is checked, and a mismatch raises ``ValueError``.
     """
+    from transformers.utils import logging as hf_logging
+
     from .tokenizer import end_of_turn_id
 
     config = config or GRPOConfig()
@@ -484,18 +515,37 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     callback = _Progress(progress, "GRPO", GRPO_KEYS)
-    with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir, _quiet():
-        trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
-                                      args=trl_grpo_arguments(config, output_dir, policy.device),
-                                      train_dataset=dataset, processing_class=tokenizer,
-                                      callbacks=[callback])
-        trainer.remove_callback(PrinterCallback)
-        try:
-            trainer.train()
-        finally:
-            callback.close()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # TRL's reload of the reference would draw a "Loading weights" bar
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir, _quiet():
+            trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
+                                          args=trl_grpo_arguments(config, output_dir, policy.device),
+                                          train_dataset=dataset, processing_class=tokenizer,
+                                          callbacks=[callback])
+            trainer.remove_callback(PrinterCallback)
+            _check_reference(trainer.ref_model, policy)
+            try:
+                trainer.train()
+            finally:
+                callback.close()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     policy.eval()
     return callback.history
+
+
+def _check_reference(ref_model, policy) -> None:
+    """Refuse to train when TRL's reference (reloaded from disk) is not the policy as passed."""
+    if ref_model is None:  # beta = 0: no KL penalty, no reference
+        return
+    reference = dict(ref_model.named_parameters())
+    for name, parameter in policy.named_parameters():
+        if name in reference and not torch.equal(parameter.detach(), reference[name].detach().to(parameter)):
+            raise ValueError(f"TRL reloaded GRPO's reference from {policy.config._name_or_path}, and its weights "
+                             "differ from the policy's: save the policy with save_pretrained and load it from "
+                             "that folder, so that the reference is the policy as training starts.")
 
 
 def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, policy_source: str | Path = "embedded",

@@ -23,7 +23,8 @@ questions, and ``OUT`` receives:
 
     report.html       the scoreboard and every stage's curves, one self-contained page
     scoreboard.json   base, SFT, reward-model best-of-n, PPO, DPO and GRPO: rates, rubric
-                      score and reward-model score, each with a 95 % interval
+                      score and reward-model score, each with a 95 % interval, and each
+                      stage's build time
     stages.json       each stage's folder, whether this run built it, and how long it took
     stages/           the stage folders (copies of the embedded ones; the built ones for a hub model)
 """
@@ -141,7 +142,9 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
 
     Each question is asked ``samples_per_question`` times at temperature 1 (the base models in
     plain text, as in lesson 1; the others through the chat template). Every reply is also scored
-    by the reward model. Rows hold the rates, both mean scores, and 95 % intervals of each. A
+    by the reward model. Rows hold the rates, both mean scores, 95 % intervals of each, and the
+    seconds the model's stage took to build (from its metadata: ``None`` for best-of-n, which
+    trains nothing, and for a hub model used as it is), so that cost sits next to quality. A
     stage missing from ``folders`` has no row; ``folders["big-base"]``, when given, adds the
     bigger base model of lesson 7 as "big base".
     """
@@ -152,8 +155,10 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
     reward_tokenizer = load_tokenizer(folders["reward"])
     rows = []
 
-    def add(report: Report, scores: list[float]) -> None:
+    def add(report: Report, scores: list[float], stage: str | None) -> None:
+        seconds = read_metadata(folders[stage]).get("seconds") if stage else None
         rows.append({**report.row(), "reward-model score": sum(scores) / len(scores),
+                     "build seconds": seconds,
                      "intervals": {**report.intervals, "reward-model score": mean_interval(scores)}})
 
     for name, stage, style in (("base", "base", PLAIN), ("SFT", "sft", CHAT), ("PPO", "ppo", CHAT),
@@ -166,11 +171,11 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
                        max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
         replies = [first_line(c) for c in out.completions]
         add(judge_replies(world, questions, replies, name),
-            score_texts(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist())
+            score_texts(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist(), stage)
         if stage == "sft":  # best-of-n: the SFT model, n tries, the reward model picks
             replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer,
                                         questions, n, max_new_tokens, seed + 1)
-            add(judge_replies(world, questions, replies, f"best-of-{n}"), scores)
+            add(judge_replies(world, questions, replies, f"best-of-{n}"), scores, None)
     order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3, "DPO": 4, "GRPO": 5, "big base": 6}
     return sorted(rows, key=lambda r: order[r["model"]])
 
@@ -214,8 +219,15 @@ def write_report(out: str | Path, runs: list[StageRun], rows: list[dict], model:
     (out / "scoreboard.json").write_text(json.dumps(rows, indent=2))
     (out / "stages.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
     metrics = [k for k in rows[0] if k not in ("model", "samples", "intervals")] if rows else []
-    table = "".join(f"<tr><td>{r['model']}</td>" + "".join(f"<td>{r[k]:.3f}</td>" for k in metrics)
-                    + "</tr>" for r in rows)
+
+    def cell(key: str, value) -> str:  # a build time in whole seconds, blank where there is none
+        if value is None:
+            return "<td></td>"
+        return f"<td>{value:.0f} s</td>" if key == "build seconds" else f"<td>{value:.3f}</td>"
+
+    table = "".join(f"<tr><td>{r['model']}</td>" + "".join(cell(k, r[k]) for k in metrics) + "</tr>"
+                    for r in rows)
+
     def build_time(folder: str) -> str:  # how long the stage took when it was built
         seconds = read_metadata(folder).get("seconds")
         return "" if seconds is None else f"{seconds:.0f} s"

@@ -109,6 +109,23 @@ def test_reply_logprobs_sum_the_reply_tokens_and_its_end(tiny_sft_and_reward):
     assert both[0].item() == pytest.approx(by_hand, rel=1e-4)  # the same in a padded batch of two
 
 
+def test_dpo_trains_on_the_tokens_the_model_reads_and_writes(tiny_sft_and_reward, tmp_path):
+    from rlhf_kit.reward import chat_prompt
+    from rlhf_kit.tokenizer import end_of_turn_id
+
+    sft_dir, _ = tiny_sft_and_reward
+    model, tokenizer = load_model(sft_dir), load_tokenizer(sft_dir)
+    rows = [{"prompt": "Where does Alice live?", "chosen": "Alice lives in Brookfield.", "rejected": "Why?"}]
+    trainer = alternatives.make_dpo_trainer(model, load_model(sft_dir), tokenizer, rows, DPOConfig(), str(tmp_path),
+                                            progress=False)
+    example = trainer.train_dataset[0]
+    # the prompt as the model reads it when it answers: the user's turn, then the assistant's tag
+    assert example["prompt_ids"] == tokenizer(chat_prompt(tokenizer, rows[0]["prompt"]), add_special_tokens=False).input_ids
+    for side in ("chosen", "rejected"):  # the reply, ended by <|end|> as at generation, and no EOS after it
+        assert example[f"{side}_ids"] == tokenizer(rows[0][side] + "<|end|>", add_special_tokens=False).input_ids
+        assert example[f"{side}_ids"][-1] == end_of_turn_id(tokenizer) != tokenizer.eos_token_id
+
+
 def test_a_short_dpo_run_widens_the_margin_and_leaves_the_reference_alone(tiny_sft_and_reward, pairs):
     sft_dir, _ = tiny_sft_and_reward
     train = pairs[0][:48]
@@ -199,17 +216,73 @@ def test_a_short_grpo_run_changes_the_policy_and_records_finite_metrics(tiny_sft
     assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items())
 
 
-def test_grpo_stops_on_a_nan_reward(tiny_sft_and_reward):
+def _watched(prompts, completions, **_):
+    return [0.0] * len(prompts)
+
+
+TINY_GRPO = GRPOConfig(steps=3, prompts_per_step=2, group_size=2, max_new_tokens=4)
+
+
+def test_grpo_stops_on_a_nan_reward_naming_the_step(tiny_sft_and_reward):
     sft_dir, _ = tiny_sft_and_reward
+    calls = []
 
-    def broken(prompts, completions, **_):
-        return [float("nan")] * len(prompts)
+    def broken(prompts, completions, **_):  # fine at step 1, NaN from step 2 on
+        calls.append(1)
+        return [float("nan") if len(calls) >= 2 else 1.0] * len(prompts)
 
-    def watched(prompts, completions, **_):
-        return [0.0] * len(prompts)
-
-    # TRL itself skips NaN rewards (nanmean) without a word; the kit stops, naming the step.
-    with pytest.raises(NonFiniteReward, match="The reward function broken gave nan at step 1: check the reward"):
+    # TRL itself counts NaN rewards as 0 (nansum) without a word; the kit stops, naming the step.
+    with pytest.raises(NonFiniteReward, match="The reward function broken gave nan at step 2: check the reward"):
         alternatives.train_grpo(load_model(sft_dir), load_tokenizer(sft_dir), ["Where does Alice live?"] * 4,
-                                [broken, watched], replace(GRPOConfig(), steps=2, prompts_per_step=2,
-                                                           group_size=2, max_new_tokens=4), progress=False)
+                                [broken, _watched], TINY_GRPO, progress=False)
+
+
+def test_grpo_stops_on_a_nan_loss_naming_the_step(tiny_sft_and_reward):
+    sft_dir, _ = tiny_sft_and_reward
+    policy = load_model(sft_dir)
+    calls = []
+
+    def poison(module, inputs, output):  # the training forward passes only: sampling stays finite
+        if not torch.is_grad_enabled():
+            return output
+        calls.append(1)
+        return output * float("nan") if len(calls) >= 2 else output
+
+    policy.transformer.ln_f.register_forward_hook(poison)
+
+    def constant(prompts, completions, **_):
+        return [float(len(c[-1]["content"])) for c in completions]  # varies, so advantages are not all 0
+
+    with pytest.raises(NonFiniteLoss, match="The GRPO loss became nan at step 2: check the reward"):
+        alternatives.train_grpo(policy, load_tokenizer(sft_dir), ["Where does Alice live?"] * 4,
+                                [constant, _watched], TINY_GRPO, progress=False)
+
+
+def test_grpo_refuses_a_policy_changed_since_it_was_loaded(tiny_sft_and_reward):
+    sft_dir, _ = tiny_sft_and_reward
+    policy = load_model(sft_dir)
+    with torch.no_grad():
+        policy.transformer.wte.weight[0] += 1.0  # TRL would reload the reference from sft_dir, without this
+    with pytest.raises(ValueError, match="its weights differ from the policy's: save the policy"):
+        alternatives.train_grpo(policy, load_tokenizer(sft_dir), ["Where does Alice live?"] * 4,
+                                [_watched, _watched], TINY_GRPO, progress=False)
+
+
+def test_grpo_with_the_same_seed_gives_the_same_weights(tiny_sft_and_reward):
+    from rlhf_kit.world import World
+
+    sft_dir, reward_dir = tiny_sft_and_reward
+    reward_model, reward_tokenizer = load_model(reward_dir, kind="reward"), load_tokenizer(reward_dir)
+    world = World(0)
+
+    def run():
+        policy = load_model(sft_dir)
+        history = alternatives.train_grpo(
+            policy, load_tokenizer(sft_dir), [q.text for q in world.questions("ppo")],
+            [alternatives.reward_model_reward(reward_model, reward_tokenizer), alternatives.rubric_reward(world)],
+            replace(TINY_GRPO, prompts_per_step=4, max_new_tokens=8, lr=1e-3), progress=False)
+        return policy.state_dict(), [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    (first, first_history), (second, second_history) = run(), run()
+    assert first_history == second_history  # the same replies sampled, scored and learned from
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -86,6 +86,10 @@ def test_every_stage_the_scoreboard_and_the_report(model_folder, tmp_path):
         for key in ("rubric score", "reward-model score"):
             low, high = row["intervals"][key]
             assert low <= row[key] <= high
+    # each row's build time next to its quality: its stage's own, none for the hub base and best-of-4
+    assert rows[0]["build seconds"] is None and rows[2]["build seconds"] is None
+    for row, stage in zip([rows[1], *rows[3:]], ("sft", "ppo", "dpo", "grpo")):
+        assert row["build seconds"] == json.loads((out / "stages" / stage / "rlhf_kit.json").read_text())["seconds"]
     # best-of-4 keeps the reply the reward model likes best of four, so its mean score is higher
     assert rows[2]["reward-model score"] > rows[1]["reward-model score"]
     page = (out / "report.html").read_text()
