@@ -338,6 +338,7 @@ def build_dpo(out_dir: str | Path, config: DPOConfig | None = None, source: str 
     reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
     started = time.perf_counter()  # this stage only: a missing predecessor is built first
     train, heldout = preference_pairs(sft_dir, reward_dir)
+    sampled_seconds = time.perf_counter() - started
     tokenizer = load_tokenizer(sft_dir)
     model, ref_model = load_model(sft_dir), load_model(sft_dir)
     history = train_dpo(model, ref_model, tokenizer, train, config, progress)
@@ -354,6 +355,7 @@ def build_dpo(out_dir: str | Path, config: DPOConfig | None = None, source: str 
         "pairs": {"train": len(train), "heldout": len(heldout)},
         "heldout_implicit_accuracy": accuracy,
         "final_loss": history[-1]["loss/train"],
+        "sampling_seconds": sampled_seconds,  # re-making the reward stage's rankings
         "seconds": time.perf_counter() - started,
         "history": history,
     }
