@@ -15,9 +15,12 @@ lesson 4's Bradley–Terry loss and the policy learns from the preference pairs 
 
 for a chosen reply y_w and a rejected one y_l (``dpo_loss``). Here it learns from exactly the
 pairs the reward model learned from (the ``reward`` stage's rankings, split the same way), with
-TRL's ``DPOTrainer``. Two differences from the kit's reward model: TRL weighs every pair alike,
-where the kit's grouped loop gives each ranking of K replies weight 1/C(K,2) in total; and tied
-replies give no pair to either.
+TRL's ``DPOTrainer``. Tied replies give no pair, to either. TRL weighs every pair alike and
+shuffles single pairs, where the kit's reward loop keeps a ranking's pairs in one batch and
+weighs each 1/C(K,2), so that every ranking counts once. Rankings of the same K give the same
+objective either way; in the embedded stage 513 of the 569 rankings have K = 4 and the rest 3 or
+2 (questions whose sampled replies kept repeating), so the two are nearly the same objective,
+batched differently, with DPO giving those few small rankings less say than the reward model.
 
 **GRPO** (group relative policy optimisation; Shao et al., 2024, DeepSeekMath) keeps the reward
 model and the sampling, and drops the value model. It samples a group of G replies to each
@@ -28,8 +31,9 @@ the reference (β) added to the loss instead of to the reward. Here it uses PPO'
 prompts, through TRL's ``GRPOTrainer``; the world's rubric is logged next to the reward model's
 score with weight 0, watched and never trained on, as in PPO.
 
-Both are stages: ``build_dpo`` and ``build_grpo`` write a model folder, and
-``artifacts.ensure_stage("dpo")`` / ``("grpo")`` build them (and any missing predecessor) once.
+Both are stages: ``build_dpo`` and ``build_grpo`` read the ``sft`` and ``reward`` artifacts
+and write a model folder, and ``artifacts.ensure_stage("dpo")`` / ``("grpo")`` build them (and
+any missing predecessor) once. Taught in ``course/07_lets_chat.ipynb``, section 6.
 """
 
 from __future__ import annotations
@@ -121,7 +125,8 @@ def reply_logprobs(model, tokenizer, prompts: list[str], replies: list[str], bat
 
 @dataclass
 class DPOConfig:
-    """Everything that decides the DPO stage. Defaults: under a minute on 2 CPU cores.
+    """Everything that decides the DPO stage. Defaults: about 1.5 minutes on 2 idle CPU cores,
+    a third of it re-making the reward stage's rankings, the rest one pass over its pairs.
 
     Not TRL's ``trl.DPOConfig``: this one holds the few settings the course varies, and
     ``trl_dpo_arguments`` translates it into TRL's many.
@@ -143,8 +148,8 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
     The reward stage samples the SFT model's replies and has the simulated labeler rank them,
     seeded: the same configuration gives the same rankings on the same machine. The counts in its
     metadata are checked, so DPO never trains on other pairs than the reward model did without
-    saying so. A reward model trained on a learner's own rankings records no configuration to
-    redo; build DPO from those rankings yourself in that case.
+    saying so. Only the simulated rankings can be made again: for a reward model trained on a
+    learner's own rankings, split them with ``reward.split_by_prompt`` and call ``train_dpo``.
     """
     from .artifacts import read_metadata
     from .models import load_model, load_tokenizer
@@ -162,12 +167,15 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
     rankings = simulated_rankings(policy, load_tokenizer(sft_dir), world, config)
     if len(rankings) != meta.get("rankings", len(rankings)):
         raise RuntimeError(f"Sampling the SFT model again gave {len(rankings)} rankings where the reward "
-                           f"stage recorded {meta['rankings']}: rebuild the reward stage on this machine.")
+                           f"stage recorded {meta['rankings']}, so it learned from other rankings (yours, or "
+                           "sampled on another machine): rebuild it here with its defaults, or give your "
+                           "rankings' pairs to train_dpo.")
     train, heldout = split_by_prompt(as_pairs(rankings), config.heldout_share, config.seed)
     recorded = meta.get("pairs", {}).get("train")
     if recorded is not None and len(train) != recorded:
-        raise RuntimeError(f"{len(train)} training pairs where the reward stage recorded {recorded}: "
-                           "rebuild the reward stage on this machine.")
+        raise RuntimeError(f"{len(train)} training pairs where the reward stage recorded {recorded}, so it "
+                           "learned from other rankings: rebuild it here with its defaults, or give your "
+                           "rankings' pairs to train_dpo.")
     # The reward model did not train on pairs longer than its max_length (reward.audit_pairs);
     # TRL's DPOTrainer would cut them short instead, so they are left out here too.
     dropped = set(meta.get("pairs", {}).get("dropped", []))

@@ -120,7 +120,8 @@ def test_dpo_trains_on_the_tokens_the_model_reads_and_writes(tiny_sft_and_reward
                                             progress=False)
     example = trainer.train_dataset[0]
     # the prompt as the model reads it when it answers: the user's turn, then the assistant's tag
-    assert example["prompt_ids"] == tokenizer(chat_prompt(tokenizer, rows[0]["prompt"]), add_special_tokens=False).input_ids
+    prompt = chat_prompt(tokenizer, rows[0]["prompt"])
+    assert example["prompt_ids"] == tokenizer(prompt, add_special_tokens=False).input_ids
     for side in ("chosen", "rejected"):  # the reply, ended by <|end|> as at generation, and no EOS after it
         assert example[f"{side}_ids"] == tokenizer(rows[0][side] + "<|end|>", add_special_tokens=False).input_ids
         assert example[f"{side}_ids"][-1] == end_of_turn_id(tokenizer) != tokenizer.eos_token_id
