@@ -465,16 +465,16 @@ GRPO_KEYS = {"grpo/reward_model_score": "rewards/reward_model_score/mean",
              "grpo/rubric_score": "rewards/rubric_score/mean", "grpo/kl": "kl",
              "grpo/reward_std": "reward_std", "grpo/clip_ratio": "clip_ratio/region_mean",
              "grpo/length": "completions/mean_length", "grpo/entropy": "entropy"}
-"""Our history's names for TRL's GRPO logs. ``grpo/kl`` is TRL's mean KL estimate per token; the
-``ppo`` stage's ``ppo/kl`` is per reply, summed over its tokens (about 11 times larger here)."""
+"""Our history's names for TRL's GRPO logs. ``grpo/kl`` is TRL's KL estimate averaged over tokens;
+the ``ppo`` stage's ``ppo/kl`` is summed over a reply's tokens (about 11 here): not one scale."""
 
 
 def checked_reward(fn):
     """``fn`` as a GRPO reward function that stops the run on a score that is not a finite number.
 
     TRL sums the reward functions' scores with ``nansum``: a reward function may return None or
-    NaN for replies it does not apply to, and those count as 0 without a word, so a broken reward
-    model would go unnoticed. TRL passes its ``trainer_state``: the scores are for the step after
+    NaN for replies it does not apply to, and those are left out of the sum without a word, so a
+    broken reward model would go unnoticed. TRL passes its ``trainer_state``: the scores are for the step after
     ``global_step``. The wrapper keeps ``fn``'s name, under which TRL logs its mean.
     """
     from .ppo import NonFiniteReward
