@@ -49,6 +49,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 from .artifacts import ensure_stage, read_metadata
 from .evaluate import ChatReport, evaluate_chat, kept_chat_format  # noqa: F401 (the lesson's evaluation)
 from .models import EMBEDDED, load_model, load_tokenizer
+from .pretrain import next_token_loss, random_windows, token_stream
 from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
 from .sampling import context_length
 from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER
@@ -81,6 +82,8 @@ class SFTConfig:
     log_every: int = 5  # steps between history entries of the training loss
     n_eval: int = 64  # held-out conversations for the validation loss (0: none)
     eval_every: int = 20  # steps between validation losses
+    pretrain_mix: float = 0.0  # weight of a next-token loss on the world's internet, added every step (0 - 1)
+    pretrain_batch: int = 8  # windows of internet text per step when pretrain_mix > 0 (4 - 32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -521,20 +524,49 @@ def trl_arguments(config: SFTConfig, output_dir: str, device: torch.device) -> t
 
 
 class _CheckedSFTTrainer(trl.SFTTrainer):
-    """TRL's SFTTrainer that stops at the first non-finite training loss.
+    """TRL's SFTTrainer that stops at the first non-finite training loss, and can mix in pretraining.
 
     The check sits where the loss is computed, before ``backward``: Trainer's logs average the
     loss over several steps and, by default, replace a NaN by earlier values, so a check on the
     logs could come late or never.
+
+    With ``pretrain_stream`` set, every training step also reads ``pretrain_batch`` random windows
+    of pretraining text and adds ``pretrain_mix`` times their next-token loss (the pretraining
+    loss of lesson 1) to the demonstrations' loss. Demonstrations about a few facts otherwise
+    overwrite much of what the base model knew about the rest; the added loss keeps it.
+    InstructGPT mixed pretraining gradients into PPO for the same reason ("PPO-ptx").
     """
+
+    pretrain_stream: torch.Tensor | None = None
+    pretrain_mix: float = 0.0
+    pretrain_batch: int = 8
+    pretrain_generator: torch.Generator | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = result[0] if return_outputs else result
+        if model.training and self.pretrain_stream is not None and self.pretrain_mix > 0:
+            ids = random_windows(self.pretrain_stream, self.pretrain_batch,
+                                 min(len(self.pretrain_stream) - 1, self.args.max_length),
+                                 self.pretrain_generator).to(model.device)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            pretrain_loss = next_token_loss(logits.float(), ids)
+            self._pretrain_losses.append(pretrain_loss.item())
+            loss = loss + self.pretrain_mix * pretrain_loss
+            result = (loss, *result[1:]) if return_outputs else loss
         if model.training and not torch.isfinite(loss):
             raise NonFiniteLoss(f"The SFT loss became {loss.item()} at step "
                                 f"{self.state.global_step + 1}: lower the learning rate and train again.")
         return result
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # TRL's "loss" is the mean of what compute_loss returned since the last log; with pretraining
+        # mixed in it is split again into the demonstrations' loss ("loss") and "pretrain_loss".
+        if "loss" in logs and getattr(self, "_pretrain_losses", None):
+            logs["pretrain_loss"] = sum(self._pretrain_losses) / len(self._pretrain_losses)
+            logs["loss"] -= self.pretrain_mix * logs["pretrain_loss"]
+            self._pretrain_losses.clear()
+        super().log(logs, *args, **kwargs)
 
 
 class _Progress(TrainerCallback):
@@ -557,7 +589,8 @@ class _Progress(TrainerCallback):
                                  "loss/train": logs["loss"], "lr": logs.get("learning_rate"),
                                  "grad_norm": logs.get("grad_norm"),
                                  "sft/token_accuracy": logs.get("mean_token_accuracy"),
-                                 "tokens": logs.get("num_tokens"), "seconds": seconds})
+                                 "tokens": logs.get("num_tokens"), "seconds": seconds,
+                                 **({"loss/pretrain": logs["pretrain_loss"]} if "pretrain_loss" in logs else {})})
             self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
         elif "eval_loss" in logs:
             self.history.append({"step": state.global_step, "loss/eval": logs["eval_loss"],
@@ -581,8 +614,16 @@ def _quiet_datasets():
 
 
 def make_trainer(model, tokenizer, examples: list, config: SFTConfig, output_dir: str,
-                 eval_examples: list | None = None, progress: bool = True) -> trl.SFTTrainer:
-    """An ``SFTTrainer`` ready to ``train()``: the data is already validated (see ``train_sft``)."""
+                 eval_examples: list | None = None, progress: bool = True,
+                 pretrain_text: torch.Tensor | None = None) -> trl.SFTTrainer:
+    """An ``SFTTrainer`` ready to ``train()``: the data is already validated (see ``train_sft``).
+
+    ``pretrain_text`` (a 1-D tensor of token ids, see ``pretraining_text``) is what
+    ``config.pretrain_mix`` mixes in.
+    """
+    if config.pretrain_mix > 0 and pretrain_text is None:
+        raise ValueError("pretrain_mix is above 0 but no pretraining text was given: pass "
+                         "pretrain_text=sft.pretraining_text(world, tokenizer), or set pretrain_mix=0.")
     train = datasets.Dataset.from_list(_as_records(examples))
     evaluation = datasets.Dataset.from_list(_as_records(eval_examples)) if eval_examples else None
     if evaluation is None:
@@ -597,7 +638,20 @@ def make_trainer(model, tokenizer, examples: list, config: SFTConfig, output_dir
             callbacks=[_Progress(progress)],
         )
     trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    if config.pretrain_mix > 0:
+        trainer.pretrain_stream, trainer.pretrain_mix = pretrain_text, config.pretrain_mix
+        trainer.pretrain_batch, trainer._pretrain_losses = config.pretrain_batch, []
+        trainer.pretrain_generator = torch.Generator().manual_seed(config.seed)
     return trainer
+
+
+def pretraining_text(world: World, tokenizer, n_documents: int = 12_000) -> torch.Tensor:
+    """The world's internet as one stream of token ids: the text ``pretrain_mix`` mixes into SFT.
+
+    For the embedded model it is the very text its base stage read; a hub model reads it here for
+    the first time, and learns the world's facts from it alongside the demonstrations.
+    """
+    return token_stream(tokenizer, world.corpus(n_documents))
 
 
 def _as_records(examples: list) -> list[dict]:
@@ -607,12 +661,13 @@ def _as_records(examples: list) -> list[dict]:
 
 def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
               eval_examples: list | None = None, progress: bool = True,
-              drop_invalid: bool = False) -> list[dict]:
+              drop_invalid: bool = False, pretrain_text: torch.Tensor | None = None) -> list[dict]:
     """Fine-tune ``model`` on demonstrations with TRL; returns the history of metric dicts.
 
     ``examples`` are conversations (lists of messages, or ``{"messages": ...}``) or single-turn
     ``{"prompt": ..., "completion": ...}`` examples. Raises ``InvalidDemonstration`` for a bad
     example (unless ``drop_invalid``) and ``NonFiniteLoss`` if the loss stops being finite.
+    ``pretrain_text`` is the token stream that ``config.pretrain_mix`` mixes in (``pretraining_text``).
     """
     config = config or SFTConfig()
     seed_everything(config.seed)
@@ -628,7 +683,8 @@ def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
                                                drop_invalid=True, verbose=False)
     # 3. TRL tokenizes, masks (labels = -100 outside the assistant's turns), pads and trains
     with tempfile.TemporaryDirectory(prefix="rlhf-kit-sft-") as output_dir:
-        trainer = make_trainer(model, tokenizer, examples, config, output_dir, eval_examples, progress)
+        trainer = make_trainer(model, tokenizer, examples, config, output_dir, eval_examples, progress,
+                               pretrain_text)
         callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
         try:
             with _quiet_datasets():
@@ -687,7 +743,11 @@ def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = 
     max_length = min(config.max_length, context_length(model) or config.max_length)
     eval_examples = build_demonstrations(world, config.n_eval, "heldout", config.max_exchanges,
                                          config.system_share, config.seed + 1, tokenizer, max_length)
-    history = train_sft(model, tokenizer, examples, config, eval_examples, progress)
+    base_config = read_metadata(base_dir).get("config", {})
+    pretrain_text = (pretraining_text(world, tokenizer, base_config.get("n_documents", 12_000))
+                     if config.pretrain_mix > 0 else None)
+    history = train_sft(model, tokenizer, examples, config, eval_examples, progress,
+                        pretrain_text=pretrain_text)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     train = [h for h in history if "loss/train" in h]

@@ -496,3 +496,53 @@ def test_format_chat_check_shows_where_the_text_differs():
     with pytest.raises(checks.CheckFailed, match="format_chat differs from the tokenizer's template at "
                                                  "character 8 on random input 1"):
         checks.check_format_chat(spaced)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining text mixed into SFT (SFTConfig.pretrain_mix)
+# ----------------------------------------------------------------------------------------------
+
+
+def internet_loss(model, stream, n_windows=16, block=64):
+    """The next-token loss of ``model`` on fixed windows of the world's internet."""
+    ids = pretrain.random_windows(stream, n_windows, block, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        return pretrain.next_token_loss(model(input_ids=ids).logits, ids).item()
+
+
+def test_pretrain_mix_keeps_the_internet_and_logs_both_losses(tiny_base_dir, world):
+    tokenizer = load_tokenizer(tiny_base_dir)
+    stream = sft.pretraining_text(world, tokenizer, n_documents=400)
+    assert stream.dim() == 1 and stream[-1].item() == tokenizer.convert_tokens_to_ids(EOS)
+    base_loss = internet_loss(load_model(tiny_base_dir, device="cpu"), stream)
+    config = sft.SFTConfig(**{**TINY_SFT.__dict__, "epochs": 4, "lr": 3e-3})
+    plain, plain_history = run_tiny(tiny_base_dir, world, config)
+    mixed_config = sft.SFTConfig(**{**config.__dict__, "pretrain_mix": 1.0, "pretrain_batch": 8})
+    mixed, history = run_tiny(tiny_base_dir, world, mixed_config, pretrain_text=stream)
+    # Plain SFT forgets part of the internet; the mixed run forgets less.
+    assert internet_loss(plain, stream) > base_loss + 0.1
+    assert internet_loss(mixed, stream) < internet_loss(plain, stream) - 0.1
+    logged = [h for h in history if "loss/train" in h]
+    assert all("loss/pretrain" in h and math.isfinite(h["loss/pretrain"]) for h in logged)
+    assert all("loss/pretrain" not in h for h in plain_history)
+    # "loss/train" stays the demonstrations' own loss: at step 1 both runs have the same weights.
+    assert logged[0]["loss/train"] == pytest.approx(plain_history[0]["loss/train"], abs=1e-5)
+    # The same seed gives the same windows and the same run.
+    again, history2 = run_tiny(tiny_base_dir, world, mixed_config, pretrain_text=stream)
+    assert [h["loss/pretrain"] for h in history2 if "loss/train" in h] == [h["loss/pretrain"] for h in logged]
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in mixed.state_dict().items())
+
+
+def test_pretrain_mix_without_text_is_refused_in_one_sentence(tiny_base_dir, world):
+    model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
+    config = sft.SFTConfig(**{**TINY_SFT.__dict__, "pretrain_mix": 0.5})
+    with pytest.raises(ValueError, match="no pretraining text was given: pass pretrain_text="):
+        sft.train_sft(model, tokenizer, sft.demonstrations_for(world, config), config, progress=False)
+    assert "forward" not in model.__dict__
+
+
+def test_build_sft_mixes_the_base_models_own_internet(tiny_base_dir, tmp_path):
+    config = sft.SFTConfig(**{**TINY_SFT.__dict__, "epochs": 1, "pretrain_mix": 0.5})
+    metadata = sft.build_sft(tmp_path, config, base=str(tiny_base_dir), progress=False)
+    assert metadata["config"]["pretrain_mix"] == 0.5
+    assert all(math.isfinite(h["loss/pretrain"]) for h in metadata["history"] if "loss/train" in h)
