@@ -22,7 +22,9 @@ a follow-up often asks about the same person, sometimes only as "they", which on
 turns explain. ``heldout`` questions never appear. The same answers cut into single
 prompt->completion pairs make the single-turn set that the lesson compares with.
 Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
-tokens through the ``{% generation %}`` markers of the chat template. Reads the ``base``
+tokens through the ``{% generation %}`` markers of the chat template. ``SFTConfig.pretrain_mix``
+(off by default) adds the pretraining loss on the world's internet at every step, which keeps
+facts the demonstrations never mention (``bench/bench_sft_mix.py``). Reads the ``base``
 artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.ipynb``.
 """
 
