@@ -406,6 +406,21 @@ def _predicting(tensor: torch.Tensor, prompt_width: int) -> torch.Tensor:
     return tensor[:, prompt_width - 1 : -1]
 
 
+ROLLOUT_LOGITS_BYTES = 64 * 2**20
+"""Memory the float32 logits of one chunk of step 3 may take (64 MiB)."""
+
+
+def rollout_rows(batch: int, width: int, vocab: int, at_least: int) -> int:
+    """Rows per chunk of step 3: the whole batch when its logits fit in ``ROLLOUT_LOGITS_BYTES``,
+    else as many rows as fit, and never fewer than ``at_least`` (a minibatch, which the updates
+    hold with gradients anyway). The embedded model's batch of 32 takes 5 MB and goes in one
+    pass, which is faster than four; a GPT-2 from the hub (50,257 tokens) needs 60 MB a row and
+    keeps chunks of a minibatch. The chunk size changes the time, not the numbers (the rows do not
+    meet in a forward pass; tests/test_ppo.py checks it)."""
+    fit = ROLLOUT_LOGITS_BYTES // max(1, width * vocab * 4)
+    return max(1, at_least, min(batch, fit))
+
+
 @torch.no_grad()
 def rollout_forward(both: PolicyAndValue, ref_policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     position_ids: torch.Tensor, prompt_width: int, temperature: float, chunk: int
@@ -624,7 +639,8 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
             input_ids, attention_mask, position_ids = join(query_ids, query_mask, completion_ids, mask)
             logprobs, ref_logprobs, values, entropies = rollout_forward(
                 unwrapped, ref_policy, input_ids, attention_mask, position_ids, prompt_width,
-                config.temperature, config.minibatch_size)  # each (B, C)
+                config.temperature, rollout_rows(len(input_ids), input_ids.shape[1], _vocab(policy),
+                                                 config.minibatch_size))  # each (B, C)
             values = values * mask  # (B, C)
 
             # 4. Per-token rewards: −kl_coef·KL on every token, the score on the last.
@@ -807,12 +823,14 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
 
 
 def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_source: str | Path = "embedded",
-              reward_source: str | Path = "embedded", progress: bool = True) -> dict:
+              reward_source: str | Path = "embedded", progress: bool = True,
+              splits: Sequence[str] = ("ppo",)) -> dict:
     """SFT model + reward model -> PPO on the world's ``ppo`` questions -> ``save_pretrained``.
 
     ``policy_source`` gives the policy and the reference (``"embedded"``: the ``sft`` stage);
     ``reward_source`` the reward model and the value model's start (``"embedded"``: the ``reward``
-    stage). Returns the metadata; the caller writes it.
+    stage). ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
+    refused: it is what the result is judged on). Returns the metadata; the caller writes it.
     """
     from .artifacts import ensure_stage, read_metadata
     from .models import load_model, load_tokenizer
@@ -820,11 +838,14 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_sourc
     from .world import World
 
     config = config or PPOConfig()
+    if isinstance(splits, str) or not splits or "heldout" in splits:
+        raise ValueError(f"splits must list the world's splits to practise on, without 'heldout' "
+                         f"(the questions every stage is judged on), not {splits!r}.")
     policy_dir = ensure_stage("sft") if str(policy_source) == "embedded" else policy_source
     reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
     started = time.perf_counter()  # this stage only: a missing predecessor is built first
     world = World(seed=read_metadata(policy_dir).get("seed", 0))
-    prompts = [q.text for q in world.questions("ppo")]
+    prompts = [q.text for split in splits for q in world.questions(split)]
     tokenizer = load_tokenizer(policy_dir)
     seed_everything(config.seed)
     policy, ref_policy = load_model(policy_dir), load_model(policy_dir)
@@ -847,6 +868,7 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_sourc
         "reward_source": str(reward_dir),
         "value_source": str(reward_dir if same_tokens else policy_dir),
         "prompts": len(prompts),
+        "splits": list(splits),
         "final": {k: v for k, v in final.items() if k != "samples"},
         "seconds": time.perf_counter() - started,
         "history": [{k: v for k, v in h.items() if k != "samples"} for h in history],

@@ -21,10 +21,12 @@ from rlhf_kit.checks import (
 from rlhf_kit.models import load_model, load_tokenizer, new_gpt
 from rlhf_kit.ppo import (
     CHECKPOINT,
+    ROLLOUT_LOGITS_BYTES,
     AdaptiveKLController,
     CheckpointMismatch,
     KLTooHigh,
     NonFiniteReward,
+    PolicyAndValue,
     PPOConfig,
     adamw,
     RatioOutOfRange,
@@ -38,6 +40,8 @@ from rlhf_kit.ppo import (
     prompt_indices,
     query_text,
     reward_inputs,
+    rollout_forward,
+    rollout_rows,
     rubric_watch,
     score_texts,
     train_ppo,
@@ -264,6 +268,30 @@ def test_logprobs_of_a_padded_batch_equal_those_of_each_row_alone(tokenizer, pro
             torch.testing.assert_close(batched[row, : len(completion)], want, rtol=1e-4, atol=1e-5)
 
 
+def test_the_rollout_gives_the_same_numbers_in_one_chunk_or_many(tokenizer, prompts):
+    policy, ref_policy = tiny_gpt(tokenizer), tiny_gpt(tokenizer, seed=2)
+    both = PolicyAndValue(policy, tiny_value_model(policy))
+    queries = [query_text(tokenizer, p) for p in prompts[:6]]
+    out = generate(policy, tokenizer, queries, max_new_tokens=5, seed=0)
+    query = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = join(query.input_ids, query.attention_mask, out.completion_ids, out.completion_mask)
+    width = query.input_ids.shape[1]
+    whole = rollout_forward(both, ref_policy, *inputs, width, 1.0, chunk=6)
+    for chunk in (1, 4):  # 4 leaves a ragged last chunk of 2
+        parts = rollout_forward(both, ref_policy, *inputs, width, 1.0, chunk=chunk)
+        for a, b in zip(whole, parts):  # logprobs, ref_logprobs, values, entropies
+            assert a.shape == (6, out.completion_ids.shape[1])
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_rollout_chunks_hold_the_batch_when_its_logits_fit_and_a_minibatch_at_least():
+    assert rollout_rows(32, 48, 798, at_least=8) == 32  # the embedded model: 5 MB, one pass
+    assert rollout_rows(32, 300, 50_257, at_least=8) == 8  # GPT-2's vocabulary: 60 MB a row
+    fit = ROLLOUT_LOGITS_BYTES // (300 * 50_257 * 4)
+    assert rollout_rows(32, 300, 50_257, at_least=0) == max(1, fit)
+    assert rollout_rows(4, 48, 798, at_least=8) == 8  # never below a minibatch, even past the batch
+
+
 def test_prompt_batches_cover_every_prompt_once_per_pass():
     seen = [i for batch in range(5) for i in prompt_indices(10, batch, 4, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
@@ -424,3 +452,15 @@ def test_build_ppo_writes_a_stage_folder(folders, tmp_path):
                      reward_source=folders / "reward", progress=False)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
     assert meta["prompts"] == 48 and "ppo/rubric_score" in meta["final"]
+    assert meta["splits"] == ["ppo"] and meta["value_source"] == str(folders / "sft")
+
+
+def test_build_ppo_practises_on_the_splits_it_is_given_and_never_on_the_held_out_questions(
+        folders, tmp_path):
+    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), policy_source=folders / "sft",
+                     reward_source=folders / "reward", progress=False, splits=("feedback", "ppo"))
+    assert meta["prompts"] == 96 and meta["splits"] == ["feedback", "ppo"]
+    for splits in (("ppo", "heldout"), (), "ppo"):
+        with pytest.raises(ValueError, match="heldout"):
+            build_ppo(tmp_path, PPOConfig(**FAST, batches=1), policy_source=folders / "sft",
+                      reward_source=folders / "reward", progress=False, splits=splits)
