@@ -12,10 +12,13 @@ the same number of torch threads:
   temperature 1, stopping at the end-of-turn token; 4 PPO epochs of 2 minibatches of 8.
 
 Each side runs ``--batches`` batches (4 per pass over the 64 prompts). The first batch is a
-warm-up; the figure is the median time of the others, and their mean completion length is
-printed too, since a batch of longer completions costs more.
+warm-up; a side's figure is the median time of the others, and the kit's mean completion length
+is printed too, since a batch of longer completions costs more. The sides take turns
+``--rounds`` times, each run in a fresh process; the result is the median of the rounds'
+kit / TRL ratios. One round is not enough: on the 2-core VM of RESULTS.md the same kit run
+took 0.48 s per batch in one run and 0.67 s in the next.
 
-Run: ``python bench/bench_ppo.py`` (about 5 minutes on 2 idle cores, the first time a minute
+Run: ``python bench/bench_ppo.py`` (about 4 minutes on 2 idle cores, the first time a minute
 more to install TRL 1.12). ``--side kit`` or ``--side trl`` runs one side in this process.
 """
 
@@ -145,6 +148,7 @@ def main() -> None:
     parser.add_argument("--side", choices=("kit", "trl"), help="run one side here and print JSON")
     parser.add_argument("--batches", type=int, default=8, help="PPO batches per side (first is warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on each side")
+    parser.add_argument("--rounds", type=int, default=3, help="times each side runs, taking turns")
     parser.add_argument("--trl-env", type=Path, default=Path.home() / ".cache" / "rlhf-kit" / "bench-trl-1.12",
                         help="where the TRL 1.12 environment is kept")
     args = parser.parse_args()
@@ -157,25 +161,31 @@ def main() -> None:
         return
 
     environment = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    results = {}
-    for side, python in (("kit", Path(sys.executable)), ("trl", trl_python(args.trl_env))):
-        command = [str(python), __file__, "--side", side, "--batches", str(args.batches),
-                   "--threads", str(args.threads)]
-        out = subprocess.run(command, capture_output=True, text=True, env=environment)
-        if out.returncode != 0:
-            sys.exit(f"The {side} side failed:\n{out.stderr[-3000:]}")
-        results[side] = json.loads(out.stdout.split("RESULT ", 1)[1])
+    pythons = {"kit": Path(sys.executable), "trl": trl_python(args.trl_env)}
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the start")
     print(f"workload: {PROMPTS} prompts, batch {BATCH}, {NEW_TOKENS} new tokens, {EPOCHS} PPO epochs, "
           f"{MINIBATCHES} minibatches, {args.batches} batches (first one not timed)")
-    for side, result in results.items():
-        length = result.get("mean_completion_length")
-        print(f"{side:>4}: {result['seconds_per_batch']:.2f} s per batch (median of "
-              f"{result['batches_timed']})" + (f", mean completion {length:.1f} tokens" if length else ""))
-    ratio = results["kit"]["seconds_per_batch"] / results["trl"]["seconds_per_batch"]
-    print(f"kit / TRL: {ratio:.2f} (target: at most 0.50)")
-
+    # The two sides take turns, so that a slow minute of a shared machine falls on both.
+    ratios = []
+    for round_ in range(1, args.rounds + 1):
+        results = {}
+        for side, python in pythons.items():
+            command = [str(python), __file__, "--side", side, "--batches", str(args.batches),
+                       "--threads", str(args.threads)]
+            out = subprocess.run(command, capture_output=True, text=True, env=environment)
+            if out.returncode != 0:
+                sys.exit(f"The {side} side failed:\n{out.stderr[-3000:]}")
+            results[side] = json.loads(out.stdout.split("RESULT ", 1)[1])
+        ratios.append(results["kit"]["seconds_per_batch"] / results["trl"]["seconds_per_batch"])
+        line = ", ".join(f"{side} {r['seconds_per_batch']:.2f} s per batch" for side, r in results.items())
+        length = results["kit"]["mean_completion_length"]
+        print(f"round {round_}: {line} (median of {results['kit']['batches_timed']} and "
+              f"{results['trl']['batches_timed']} batches; kit completions {length:.1f} tokens): "
+              f"kit / TRL {ratios[-1]:.2f}")
+    print(f"kit / TRL: {statistics.median(ratios):.2f}, the median of {len(ratios)} rounds "
+          f"(from {min(ratios):.2f} to {max(ratios):.2f}; target: at most 0.50); load average "
+          f"{os.getloadavg()[0]:.1f} at the end")
 
 if __name__ == "__main__":
     main()

@@ -413,10 +413,10 @@ ROLLOUT_LOGITS_BYTES = 64 * 2**20
 def rollout_rows(batch: int, width: int, vocab: int, at_least: int) -> int:
     """Rows per chunk of step 3: the whole batch when its logits fit in ``ROLLOUT_LOGITS_BYTES``,
     else as many rows as fit, and never fewer than ``at_least`` (a minibatch, which the updates
-    hold with gradients anyway). The embedded model's batch of 32 takes 5 MB and goes in one
-    pass, which is faster than four; a GPT-2 from the hub (50,257 tokens) needs 60 MB a row and
-    keeps chunks of a minibatch. The chunk size changes the time, not the numbers (the rows do not
-    meet in a forward pass; tests/test_ppo.py checks it)."""
+    hold with gradients anyway). The embedded model's batch of 32 takes 5 MB and goes through in
+    one pass instead of four; a GPT-2 from the hub (50,257 tokens) needs 60 MB a row and keeps
+    chunks of a minibatch. The chunk size does not change the numbers (the rows do not meet in a
+    forward pass; tests/test_ppo.py checks it)."""
     fit = ROLLOUT_LOGITS_BYTES // max(1, width * vocab * 4)
     return max(1, at_least, min(batch, fit))
 
