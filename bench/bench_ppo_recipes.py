@@ -17,7 +17,8 @@ questions of ``--ppo-splits`` (``--ppo-set`` changes ``PPOConfig``), then the he
 evaluation against the same SFT model. With ``--rounds N`` it repeats InstructGPT's collection
 N - 1 times: the labeler also ranks the PPO policy's replies (``--round-sets`` sets per
 question), the reward model is trained again from the SFT body on every ranking so far, and PPO
-starts again from the SFT model against it.
+starts again from the SFT model against it. ``--oracle`` trains PPO on the rubric itself instead of
+a reward model: what a perfect reward model would give, which tells its faults from PPO's.
 
 Run (2 idle cores; about 3 minutes a round with the defaults, more with more rankings):
 ``python bench/bench_ppo_recipes.py sharpen --sft FOLDER`` and e.g.
@@ -41,6 +42,7 @@ from rlhf_kit import ppo, reward, sft as sft_stage
 from rlhf_kit.artifacts import ensure_stage
 from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies, reply_kl, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
+from rlhf_kit.runtime import seed_everything
 from rlhf_kit.sampling import generate
 from rlhf_kit.world import World
 
@@ -126,6 +128,8 @@ def recipe(args) -> dict:
     rank_splits, ppo_splits = args.rank_splits.split(","), tuple(args.ppo_splits.split(","))
     temperatures = [float(t) for t in args.rank_temperatures.split(",")]
     rankings: list = []
+    if args.oracle:
+        return oracle(args, sft_dir, sft, sft_report, heldout, ppo_config, ppo_splits)
     if args.reward_stage:
         reward_dir = ensure_stage("reward")
     elif args.reward:
@@ -177,6 +181,35 @@ def recipe(args) -> dict:
     return {"sft": row(sft_report, sft_report), "rounds": results}
 
 
+def oracle(args, sft_dir, sft, sft_report, heldout, config, splits) -> dict:
+    """PPO with the rubric itself as the reward (no reward model): what a perfect reward model would
+    give, to tell the reward model's faults from PPO's. A diagnosis only: a person's taste is never
+    available as a function."""
+    world, tokenizer = heldout.world, heldout.tokenizer
+    start = time.perf_counter()
+    seed_everything(config.seed)  # as build_ppo: the value model's new head is drawn from it
+    policy, ref_policy = load_model(sft_dir), load_model(sft_dir)
+    value_model = load_model(sft_dir, kind="reward")
+    prompts = [q.text for split in splits for q in world.questions(split)]
+    history = ppo.train_ppo(policy, ref_policy, None, value_model, tokenizer, prompts, config,
+                            reward_fn=ppo.rubric_watch(world), progress=False)
+    tenth = max(1, len(history) // 10)
+    first, last = (sum(h["ppo/score"] for h in part) / len(part) for part in (history[:tenth], history[-tenth:]))
+    print(f"rubric score of the training replies: {first:.3f} in the first tenth of the batches, "
+          f"{last:.3f} in the last")
+    generation, texts, report = heldout.replies(policy, "PPO on the rubric")
+    result = {**row(report, sft_report), "kl_to_sft": reply_kl(policy, sft, tokenizer, generation).mean().item(),
+              "training_rubric_first_tenth": first, "training_rubric_last_tenth": last}
+    print(f"PPO on the rubric: answer {result['answer']:.3f}, false {result['false']:.3f}, rude "
+          f"{result['rude']:.3f}, rubric {result['rubric']:.3f}; preferred to SFT in "
+          f"{result['preferred_of_decided']:.3f} of the decided pairs ({result['wins']} wins, "
+          f"{result['losses']} losses, {result['ties']} ties); KL to SFT {result['kl_to_sft']:.2f} "
+          f"nats per reply ({time.perf_counter() - start:.0f} s)")
+    for question, text in list(zip(heldout.questions, texts))[:: len(texts) // 6]:
+        print(f"    {question.text} -> {text}")
+    return {"sft": row(sft_report, sft_report), "oracle": result}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("sharpen", "recipe"))
@@ -187,6 +220,8 @@ def main() -> None:
                         "--sft-set pretrain_mix=1.0 (into --out)")
     parser.add_argument("--reward", help="recipe: use this reward model instead of training one")
     parser.add_argument("--reward-stage", action="store_true", help="recipe: use the reward stage")
+    parser.add_argument("--oracle", action="store_true", help="recipe: PPO on the rubric itself, "
+                        "no reward model (a diagnosis: what a perfect reward model would give)")
     parser.add_argument("--rank-splits", default="feedback", help="recipe: splits the labeler ranks")
     parser.add_argument("--rank-temperatures", default="1.0", help="recipe: sampling temperatures "
                         "of the ranked replies, each giving RewardConfig.sets_per_question sets")
