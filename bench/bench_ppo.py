@@ -187,5 +187,6 @@ def main() -> None:
           f"(from {min(ratios):.2f} to {max(ratios):.2f}; target: at most 0.50); load average "
           f"{os.getloadavg()[0]:.1f} at the end")
 
+
 if __name__ == "__main__":
     main()

@@ -67,6 +67,22 @@ class HeldOut:
         return out, texts, judge_replies(self.world, self.questions, texts, name)
 
 
+def configured(cls, settings: list[str]):
+    """A configuration with ``FIELD=VALUE`` changes from the command line (``--ppo-set`` and the like)."""
+    return cls(**{k: parse_value(v) for k, v in (s.split("=", 1) for s in settings)})
+
+
+def describe(name: str, result: dict, seconds: float, heldout: HeldOut, texts: list[str]) -> None:
+    """A PPO model's rates on the held-out questions and the rubric's preference, then a few replies."""
+    print(f"{name}: answer {result['answer']:.3f}, false {result['false']:.3f}, rude "
+          f"{result['rude']:.3f}, rubric {result['rubric']:.3f}; preferred to SFT in "
+          f"{result['preferred_of_decided']:.3f} of the decided pairs ({result['wins']} wins, "
+          f"{result['losses']} losses, {result['ties']} ties); KL to SFT {result['kl_to_sft']:.2f} "
+          f"nats per reply ({seconds:.0f} s)")
+    for question, text in list(zip(heldout.questions, texts))[:: len(texts) // 6]:
+        print(f"    {question.text} -> {text}")
+
+
 def row(report, against) -> dict:
     """A model's rates, and how often the rubric prefers its replies to those of ``against``."""
     preference = rubric_preference(report, against)
@@ -107,7 +123,7 @@ def sft_folder(args, out: Path) -> Path:
         return Path(args.sft)
     if not args.sft_set:
         return ensure_stage("sft")
-    config = sft_stage.SFTConfig(**{k: parse_value(v) for k, v in (s.split("=", 1) for s in args.sft_set)})
+    config = configured(sft_stage.SFTConfig, args.sft_set)
     folder = out / "sft"
     meta = sft_stage.build_sft(folder, config, progress=False)
     print(f"SFT with {', '.join(args.sft_set)}: {meta['seconds']:.0f} s")
@@ -123,13 +139,13 @@ def recipe(args) -> dict:
     _, _, sft_report = heldout.replies(sft, "SFT")
     print(f"SFT: answer {sft_report.answer_rate:.3f}, false {sft_report.false_rate:.3f}, rude "
           f"{sft_report.rude_rate:.3f}, rubric {sft_report.rubric_score:.3f}")
-    reward_config = reward.RewardConfig(**{k: parse_value(v) for k, v in (s.split("=", 1) for s in args.reward_set)})
-    ppo_config = ppo.PPOConfig(**{k: parse_value(v) for k, v in (s.split("=", 1) for s in args.ppo_set)})
-    rank_splits, ppo_splits = args.rank_splits.split(","), tuple(args.ppo_splits.split(","))
+    ppo_config, ppo_splits = configured(ppo.PPOConfig, args.ppo_set), tuple(args.ppo_splits.split(","))
+    if args.oracle:
+        return oracle(sft_dir, sft, sft_report, heldout, ppo_config, ppo_splits)
+    reward_config = configured(reward.RewardConfig, args.reward_set)
+    rank_splits = args.rank_splits.split(",")
     temperatures = [float(t) for t in args.rank_temperatures.split(",")]
     rankings: list = []
-    if args.oracle:
-        return oracle(args, sft_dir, sft, sft_report, heldout, ppo_config, ppo_splits)
     if args.reward_stage:
         reward_dir = ensure_stage("reward")
     elif args.reward:
@@ -157,14 +173,8 @@ def recipe(args) -> dict:
                   "kl_to_sft": reply_kl(policy, sft, tokenizer, generation).mean().item(),
                   "reward_model_probes": dict(zip(PROBES, probes.tolist()))}
         results.append(result)
-        print(f"round {round_}: PPO answer {result['answer']:.3f}, false {result['false']:.3f}, rude "
-              f"{result['rude']:.3f}, rubric {result['rubric']:.3f}; preferred to SFT in "
-              f"{result['preferred_of_decided']:.3f} of the decided pairs ({result['wins']} wins, "
-              f"{result['losses']} losses, {result['ties']} ties); KL to SFT {result['kl_to_sft']:.2f} "
-              f"nats per reply ({time.perf_counter() - start:.0f} s)")
+        describe(f"round {round_}, PPO", result, time.perf_counter() - start, heldout, texts)
         print("    its reward model on probes: " + "; ".join(f"{p!r} {s:+.2f}" for p, s in zip(PROBES, probes.tolist())))
-        for question, text in list(zip(heldout.questions, texts))[:: len(texts) // 6]:
-            print(f"    {question.text} -> {text}")
         if round_ == args.rounds:
             break
         start = time.perf_counter()
@@ -181,7 +191,7 @@ def recipe(args) -> dict:
     return {"sft": row(sft_report, sft_report), "rounds": results}
 
 
-def oracle(args, sft_dir, sft, sft_report, heldout, config, splits) -> dict:
+def oracle(sft_dir, sft, sft_report, heldout, config, splits) -> dict:
     """PPO with the rubric itself as the reward (no reward model): what a perfect reward model would
     give, to tell the reward model's faults from PPO's. A diagnosis only: a person's taste is never
     available as a function."""
@@ -200,13 +210,7 @@ def oracle(args, sft_dir, sft, sft_report, heldout, config, splits) -> dict:
     generation, texts, report = heldout.replies(policy, "PPO on the rubric")
     result = {**row(report, sft_report), "kl_to_sft": reply_kl(policy, sft, tokenizer, generation).mean().item(),
               "training_rubric_first_tenth": first, "training_rubric_last_tenth": last}
-    print(f"PPO on the rubric: answer {result['answer']:.3f}, false {result['false']:.3f}, rude "
-          f"{result['rude']:.3f}, rubric {result['rubric']:.3f}; preferred to SFT in "
-          f"{result['preferred_of_decided']:.3f} of the decided pairs ({result['wins']} wins, "
-          f"{result['losses']} losses, {result['ties']} ties); KL to SFT {result['kl_to_sft']:.2f} "
-          f"nats per reply ({time.perf_counter() - start:.0f} s)")
-    for question, text in list(zip(heldout.questions, texts))[:: len(texts) // 6]:
-        print(f"    {question.text} -> {text}")
+    describe("PPO on the rubric", result, time.perf_counter() - start, heldout, texts)
     return {"sft": row(sft_report, sft_report), "oracle": result}
 
 

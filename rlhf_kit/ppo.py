@@ -825,7 +825,7 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
 def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_source: str | Path = "embedded",
               reward_source: str | Path = "embedded", progress: bool = True,
               splits: Sequence[str] = ("ppo",)) -> dict:
-    """SFT model + reward model -> PPO on the world's ``ppo`` questions -> ``save_pretrained``.
+    """SFT model + reward model -> PPO on the world's ``ppo`` questions (or ``splits``) -> ``save_pretrained``.
 
     ``policy_source`` gives the policy and the reference (``"embedded"``: the ``sft`` stage);
     ``reward_source`` the reward model and the value model's start (``"embedded"``: the ``reward``
