@@ -33,7 +33,8 @@ returns by GAE, (7) several epochs of minibatch updates with the clipped policy 
 clipped value loss, (8) metrics and a table of samples. Steps 4, 6 and 7 are the small pure
 functions at the top of this file.
 
-The four models: ``policy`` (trained; starts as the SFT model), ``ref_policy`` (the SFT model,
+The four models: ``policy`` (trained; starts as the SFT model; ``PPOConfig.train`` says which of
+its weights change), ``ref_policy`` (the SFT model,
 frozen), ``reward_model`` (frozen; or a plain Python function of texts) and ``value_model`` (a
 scalar head, trained; InstructGPT initialises it from the reward model, or use the SFT body
 with a new head: ``load_model(source, kind="reward")`` gives either).
@@ -74,7 +75,9 @@ class PPOConfig:
     temperature: float = 1.0  # sampling temperature (0.7 - 1.0); log-probabilities use the same one
     ppo_epochs: int = 4  # passes over each batch (1 - 4)
     minibatch_size: int = 8  # completions per optimiser step (4 - 64)
-    lr: float = 1e-4  # AdamW learning rate of policy and value model (1e-6 for hub models - 3e-4)
+    train: str = "all"  # the policy weights PPO changes: "all", or "final-norm" (the gains of its last norm layer)
+    lr: float = 1e-4  # AdamW learning rate of those weights (all: 1e-6 for hub models - 3e-4; final-norm: 1e-3 - 1e-2)
+    value_lr: float = 1e-4  # AdamW learning rate of the value model, all of whose weights train (1e-6 - 3e-4)
     max_grad_norm: float = 1.0  # clip the global gradient norm (0.5 - 5)
     kl_coef: float = 0.05  # KL penalty per token, in reward units per nat (0.01 - 0.2; 0 lets it hack)
     kl_target: float | None = None  # None: fixed kl_coef; else the KL per completion to aim at (nats, 1 - 10)
@@ -512,12 +515,48 @@ def _vocab(model) -> int:
 def adamw(parameters, lr: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW for PPO: no weight decay (the KL penalty is the regulariser), eps 1e-5 as in the
     reference implementations; fused into one kernel per step where torch has one (CPU, CUDA).
+    ``parameters`` may be parameter groups with their own ``lr`` (the policy's and the value model's).
 
     The fused step updates all 105 tensors of the embedded policy and value model at once instead
     of one by one: 7 to 18 ms instead of 51 to 57 ms on 2 CPU cores, a fifth of a PPO batch.
     """
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(parameters, lr=lr, eps=1e-5, weight_decay=0.0, fused=fused or None)
+
+
+TRAIN_CHOICES = ("final-norm", "all")
+
+
+def final_norm(model) -> torch.nn.Parameter:
+    """The gains of a causal LM's last normalisation layer (GPT-2's ``ln_f``, Llama's ``norm``).
+
+    Every next-token prediction passes through this one vector just before the output layer, so
+    changing it changes how sharply the model commits to its choices on every prompt at once, and
+    nothing it can learn there belongs to one question.
+    """
+    norms = [m for m in model.base_model.modules()
+             if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
+    if not norms:
+        raise ValueError(f"{type(model).__name__} has no normalisation layer with a weight: train it "
+                         "with PPOConfig(train='all').")
+    return norms[-1].weight
+
+
+def trained_weights(policy, train: str) -> list[torch.nn.Parameter]:
+    """The policy's weights that PPO changes (``PPOConfig.train``); the others get requires_grad=False.
+
+    ``"all"`` is ordinary fine-tuning. ``"final-norm"`` trains only ``final_norm(policy)``: a small
+    model with all its weights free learns a separate answer for each prompt it practises on
+    (session 6 of bench/RESULTS.md); held to one vector shared by every prompt, it can only learn a
+    habit, and a habit carries over to prompts it never saw.
+    """
+    if train not in TRAIN_CHOICES:
+        raise ValueError(f"train={train!r} is not one of {TRAIN_CHOICES}: use 'final-norm' or 'all'.")
+    weights = list(policy.parameters()) if train == "all" else [final_norm(policy)]
+    chosen = {id(w) for w in weights}
+    for w in policy.parameters():
+        w.requires_grad_(id(w) in chosen)
+    return weights
 
 
 def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts: Sequence[str],
@@ -534,8 +573,9 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     ``reward_model=None``). ``watch_fn(prompts, completions) -> numbers`` is only watched, never
     trained on (the rubric score of the simulated person, see ``rubric_watch``).
 
-    ``policy`` and ``value_model`` are trained in place; ``ref_policy`` and ``reward_model`` are
-    only read. With ``checkpoint_dir`` the run saves a checkpoint every
+    ``policy`` and ``value_model`` are trained in place (of the policy, only the weights that
+    ``config.train`` names: the others are left with ``requires_grad=False``); ``ref_policy`` and
+    ``reward_model`` are only read. With ``checkpoint_dir`` the run saves a checkpoint every
     ``config.checkpoint_every`` batches and at the end; ``resume=True`` continues from it exactly:
     pass models loaded as at the start of the run, and the same prompts.
 
@@ -571,7 +611,11 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     for model in (policy, ref_policy, value_model) + ((reward_model,) if reward_model is not None else ()):
         model.to(device).eval()
     both = PolicyAndValue(policy, value_model)
-    optimizer = adamw(both.parameters(), config.lr, device)
+    for w in value_model.parameters():
+        w.requires_grad_(True)
+    groups = [{"params": trained_weights(policy, config.train), "lr": config.lr},
+              {"params": list(value_model.parameters()), "lr": config.value_lr}]
+    optimizer = adamw(groups, config.lr, device)
     both, optimizer = accelerator.prepare(both, optimizer)
     kl_control = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
     history: list[dict] = []

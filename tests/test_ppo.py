@@ -35,6 +35,7 @@ from rlhf_kit.ppo import (
     clipped_value_loss,
     completion_logprobs,
     compute_gae,
+    final_norm,
     join,
     kl_penalized_rewards,
     prompt_indices,
@@ -45,6 +46,7 @@ from rlhf_kit.ppo import (
     rubric_watch,
     score_texts,
     train_ppo,
+    trained_weights,
     whiten,
 )
 from rlhf_kit.sampling import generate
@@ -244,8 +246,8 @@ def count_e(prompts, completions):
     return [float(c.count("e")) for c in completions]
 
 
-FAST = dict(batch_size=8, max_new_tokens=6, ppo_epochs=2, minibatch_size=4, lr=1e-2, kl_coef=0.02,
-            missing_eos_penalty=0.0)
+FAST = dict(batch_size=8, max_new_tokens=6, ppo_epochs=2, minibatch_size=4, train="all", lr=1e-2,
+            value_lr=1e-2, kl_coef=0.02, missing_eos_penalty=0.0)
 
 
 def test_logprobs_of_a_padded_batch_equal_those_of_each_row_alone(tokenizer, prompts):
@@ -311,6 +313,36 @@ def test_a_planted_reward_goes_up_within_a_few_batches(tokenizer, prompts, world
     sample = history[-1]["samples"][0]
     assert set(sample) >= {"prompt", "completion", "score", "reward", "kl", "rubric score"}
     assert sample["score"] == sample["completion"].count("e")
+
+
+def test_final_norm_changes_only_the_policys_last_norm_gains_and_the_value_model(tokenizer, prompts):
+    policy, ref_policy, value_model = tiny_gpt(tokenizer), tiny_gpt(tokenizer), tiny_value_model(tiny_gpt(tokenizer))
+    policy_before = copy.deepcopy(policy.state_dict())
+    value_before = copy.deepcopy(value_model.state_dict())
+    run(tokenizer, prompts, PPOConfig(**{**FAST, "train": "final-norm"}, batches=2),
+        models=(policy, ref_policy, value_model))
+    after = policy.state_dict()
+    assert [k for k in after if not torch.equal(after[k], policy_before[k])] == ["transformer.ln_f.weight"]
+    assert all(not w.requires_grad for n, w in policy.named_parameters() if n != "transformer.ln_f.weight")
+    value_after = value_model.state_dict()
+    assert all(not torch.equal(value_after[k], value_before[k]) for k in ("score.weight", "transformer.h.0.attn.c_attn.weight"))
+
+
+def test_final_norm_finds_the_last_norm_of_other_model_families():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2))
+    assert final_norm(llama) is llama.model.norm.weight
+    assert trained_weights(llama, "final-norm") == [llama.model.norm.weight]
+    assert [n for n, w in llama.named_parameters() if w.requires_grad] == ["model.norm.weight"]
+    assert len(trained_weights(llama, "all")) == len(list(llama.parameters()))
+    assert all(w.requires_grad for w in llama.parameters())  # "all" thaws what "final-norm" froze
+
+
+def test_an_unknown_train_setting_is_refused_before_any_work(tokenizer, prompts):
+    with pytest.raises(ValueError, match="'final-norm' or 'all'"):
+        run(tokenizer, prompts, PPOConfig(**{**FAST, "train": "head"}, batches=1))
 
 
 def test_on_batch_sees_each_entry_as_its_batch_ends(tokenizer, prompts):
