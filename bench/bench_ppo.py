@@ -76,7 +76,8 @@ def run_kit(batches: int) -> dict:
         return [0.0] * len(completions)
 
     config = PPOConfig(seed=SEED, batches=batches, batch_size=BATCH, max_new_tokens=NEW_TOKENS,
-                       ppo_epochs=EPOCHS, minibatch_size=BATCH // MINIBATCHES, lr=LR, kl_coef=KL_COEF,
+                       ppo_epochs=EPOCHS, minibatch_size=BATCH // MINIBATCHES, train="all", lr=LR,
+                       value_lr=LR, kl_coef=KL_COEF,
                        max_kl=None, log_samples=0)
     history = train_ppo(policy, ref, reward, value, tokenizer, prompts, config, watch_fn=clock,
                         progress=False)

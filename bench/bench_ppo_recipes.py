@@ -18,7 +18,8 @@ evaluation against the same SFT model. With ``--rounds N`` it repeats InstructGP
 N - 1 times: the labeler also ranks the PPO policy's replies (``--round-sets`` sets per
 question), the reward model is trained again from the SFT body on every ranking so far, and PPO
 starts again from the SFT model against it. ``--oracle`` trains PPO on the rubric itself instead of
-a reward model: what a perfect reward model would give, which tells its faults from PPO's.
+a reward model: what a perfect reward model would give, which tells its faults from PPO's. ``--ppo-set train=final-norm
+--ppo-set lr=3e-3`` trains only the policy's final norm gains (session 7's recipe in bench/RESULTS.md).
 
 Run (2 idle cores; about 3 minutes a round with the defaults, more with more rankings):
 ``python bench/bench_ppo_recipes.py sharpen --sft FOLDER`` and e.g.
