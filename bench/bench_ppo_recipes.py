@@ -231,7 +231,8 @@ def main() -> None:
     parser.add_argument("--rank-temperatures", default="1.0", help="recipe: sampling temperatures "
                         "of the ranked replies, each giving RewardConfig.sets_per_question sets")
     parser.add_argument("--reward-set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--ppo-splits", default="ppo", help="recipe: splits PPO practises on")
+    parser.add_argument("--ppo-splits", default="feedback", help="recipe: splits PPO practises on "
+                        "(build_ppo's default: feedback)")
     parser.add_argument("--ppo-set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--rounds", type=int, default=1, help="recipe: PPO runs, with new rankings "
                         "of each one's replies between them")

@@ -86,7 +86,8 @@ def main() -> None:
         twin = sft.matched_single_turn(config, len(demonstrations), len(singles))
         single_model, single_tokenizer = load_model(base_dir), load_tokenizer(base_dir)
         start = time.perf_counter()
-        history = sft.train_sft(single_model, single_tokenizer, singles, twin, progress=False)
+        mix = sft.pretraining_text(world, single_tokenizer) if twin.pretrain_mix > 0 else None  # as the SFT model
+        history = sft.train_sft(single_model, single_tokenizer, singles, twin, progress=False, pretrain_text=mix)
         print(f"\nSingle-turn twin: {len(singles)} examples in batches of {twin.batch_size}, "
               f"{max(h['step'] for h in history)} steps, {time.perf_counter() - start:.1f} s")
 

@@ -560,7 +560,10 @@ def _check_reference(ref_model, policy) -> None:
 
 def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, policy_source: str | Path = "embedded",
                reward_source: str | Path = "embedded", progress: bool = True) -> dict:
-    """SFT model + reward model -> GRPO on the world's ``ppo`` questions -> ``save_pretrained``."""
+    """SFT model + reward model -> GRPO on the world's ``feedback`` questions -> ``save_pretrained``.
+
+    The same questions as the ``ppo`` stage: those whose replies the reward model learned from.
+    """
     from .artifacts import ensure_stage, read_metadata
     from .models import load_model, load_tokenizer
     from .world import World
@@ -570,7 +573,7 @@ def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, policy_sou
     reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
     started = time.perf_counter()
     world = World(seed=read_metadata(policy_dir).get("seed", 0))
-    prompts = [q.text for q in world.questions("ppo")]
+    prompts = [q.text for q in world.questions("feedback")]
     tokenizer = load_tokenizer(policy_dir)
     reward_model, reward_tokenizer = load_model(reward_dir, kind="reward"), load_tokenizer(reward_dir)
     policy = load_model(policy_dir)

@@ -75,8 +75,8 @@ class PPOConfig:
     temperature: float = 1.0  # sampling temperature (0.7 - 1.0); log-probabilities use the same one
     ppo_epochs: int = 4  # passes over each batch (1 - 4)
     minibatch_size: int = 8  # completions per optimiser step (4 - 64)
-    train: str = "all"  # the policy weights PPO changes: "all", or "final-norm" (the gains of its last norm layer)
-    lr: float = 1e-4  # AdamW learning rate of those weights (all: 1e-6 for hub models - 3e-4; final-norm: 1e-3 - 1e-2)
+    train: str = "final-norm"  # the policy weights PPO changes: "final-norm" (the gains of its last norm layer) or "all"
+    lr: float = 3e-3  # AdamW learning rate of those weights (final-norm: 1e-3 - 1e-2; all: 1e-6 for hub models - 3e-4)
     value_lr: float = 1e-4  # AdamW learning rate of the value model, all of whose weights train (1e-6 - 3e-4)
     max_grad_norm: float = 1.0  # clip the global gradient norm (0.5 - 5)
     kl_coef: float = 0.05  # KL penalty per token, in reward units per nat (0.01 - 0.2; 0 lets it hack)
@@ -559,6 +559,15 @@ def trained_weights(policy, train: str) -> list[torch.nn.Parameter]:
     return weights
 
 
+def ppo_optimizer(policy, value_model, config: PPOConfig, device) -> torch.optim.AdamW:
+    """One AdamW for both trained models: the policy's weights that ``config.train`` names at
+    ``config.lr``, and every weight of the value model at ``config.value_lr``."""
+    for w in value_model.parameters():
+        w.requires_grad_(True)
+    return adamw([{"params": trained_weights(policy, config.train), "lr": config.lr},
+                  {"params": list(value_model.parameters()), "lr": config.value_lr}], config.lr, device)
+
+
 def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts: Sequence[str],
               config: PPOConfig | None = None, reward_fn: Callable | None = None,
               watch_fn: Callable | None = None, checkpoint_dir: str | Path | None = None,
@@ -611,11 +620,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     for model in (policy, ref_policy, value_model) + ((reward_model,) if reward_model is not None else ()):
         model.to(device).eval()
     both = PolicyAndValue(policy, value_model)
-    for w in value_model.parameters():
-        w.requires_grad_(True)
-    groups = [{"params": trained_weights(policy, config.train), "lr": config.lr},
-              {"params": list(value_model.parameters()), "lr": config.value_lr}]
-    optimizer = adamw(groups, config.lr, device)
+    optimizer = ppo_optimizer(policy, value_model, config, device)
     both, optimizer = accelerator.prepare(both, optimizer)
     kl_control = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
     history: list[dict] = []
@@ -868,13 +873,16 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
 
 def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_source: str | Path = "embedded",
               reward_source: str | Path = "embedded", progress: bool = True,
-              splits: Sequence[str] = ("ppo",)) -> dict:
-    """SFT model + reward model -> PPO on the world's ``ppo`` questions (or ``splits``) -> ``save_pretrained``.
+              splits: Sequence[str] = ("feedback",)) -> dict:
+    """SFT model + reward model -> PPO on the world's ``feedback`` questions (or ``splits``) -> ``save_pretrained``.
 
     ``policy_source`` gives the policy and the reference (``"embedded"``: the ``sft`` stage);
     ``reward_source`` the reward model and the value model's start (``"embedded"``: the ``reward``
     stage). ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
-    refused: it is what the result is judged on). Returns the metadata; the caller writes it.
+    refused: it is what the result is judged on). The default is the questions whose replies the
+    reward model was trained on, where it judges best: on the facts of the ``ppo`` questions,
+    which it never saw ranked, its advice is noise and PPO learns from noise (bench/RESULTS.md,
+    session 7). Returns the metadata; the caller writes it.
     """
     from .artifacts import ensure_stage, read_metadata
     from .models import load_model, load_tokenizer

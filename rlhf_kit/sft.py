@@ -84,7 +84,7 @@ class SFTConfig:
     log_every: int = 5  # steps between history entries of the training loss
     n_eval: int = 64  # held-out conversations for the validation loss (0: none)
     eval_every: int = 20  # steps between validation losses
-    pretrain_mix: float = 0.0  # weight of a next-token loss on the world's internet, added every step (0 - 1)
+    pretrain_mix: float = 1.0  # weight of a next-token loss on the world's internet, added every step (0: none - 1)
     pretrain_batch: int = 8  # windows of internet text per step when pretrain_mix > 0 (4 - 32)
 
 

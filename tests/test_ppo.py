@@ -38,6 +38,7 @@ from rlhf_kit.ppo import (
     final_norm,
     join,
     kl_penalized_rewards,
+    ppo_optimizer,
     prompt_indices,
     query_text,
     reward_inputs,
@@ -340,6 +341,16 @@ def test_final_norm_finds_the_last_norm_of_other_model_families():
     assert all(w.requires_grad for w in llama.parameters())  # "all" thaws what "final-norm" froze
 
 
+def test_the_optimiser_gives_the_policys_trained_weights_lr_and_the_value_model_value_lr(tokenizer):
+    policy, value_model = tiny_gpt(tokenizer), tiny_value_model(tiny_gpt(tokenizer))
+    config = PPOConfig()  # the defaults: final-norm at 3e-3, the value model at 1e-4
+    optimizer = ppo_optimizer(policy, value_model, config, torch.device("cpu"))
+    policy_group, value_group = optimizer.param_groups
+    assert policy_group["params"] == [policy.transformer.ln_f.weight] and policy_group["lr"] == config.lr == 3e-3
+    assert len(value_group["params"]) == len(list(value_model.parameters()))
+    assert value_group["lr"] == config.value_lr == 1e-4
+
+
 def test_an_unknown_train_setting_is_refused_before_any_work(tokenizer, prompts):
     with pytest.raises(ValueError, match="'final-norm' or 'all'"):
         run(tokenizer, prompts, PPOConfig(**{**FAST, "train": "head"}, batches=1))
@@ -484,7 +495,7 @@ def test_build_ppo_writes_a_stage_folder(folders, tmp_path):
                      reward_source=folders / "reward", progress=False)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
     assert meta["prompts"] == 48 and "ppo/rubric_score" in meta["final"]
-    assert meta["splits"] == ["ppo"] and meta["value_source"] == str(folders / "sft")
+    assert meta["splits"] == ["feedback"] and meta["value_source"] == str(folders / "sft")
 
 
 def test_build_ppo_practises_on_the_splits_it_is_given_and_never_on_the_held_out_questions(

@@ -22,7 +22,7 @@ from rlhf_kit.tokenizer import ASSISTANT, CHAT_TEMPLATE, END, EOS, SYSTEM, USER,
 from rlhf_kit.world import World
 
 TINY_SFT = sft.SFTConfig(n_conversations=64, max_exchanges=1, system_share=0.0, epochs=2,
-                         batch_size=8, lr=1e-3, max_length=64, log_every=2, n_eval=0)
+                         batch_size=8, lr=1e-3, max_length=64, log_every=2, n_eval=0, pretrain_mix=0.0)
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
