@@ -34,10 +34,10 @@ clipped value loss, (8) metrics and a table of samples. Steps 4, 6 and 7 are the
 functions at the top of this file.
 
 The four models: ``policy`` (trained; starts as the SFT model; ``PPOConfig.train`` says which of
-its weights change), ``ref_policy`` (the SFT model,
-frozen), ``reward_model`` (frozen; or a plain Python function of texts) and ``value_model`` (a
-scalar head, trained; InstructGPT initialises it from the reward model, or use the SFT body
-with a new head: ``load_model(source, kind="reward")`` gives either).
+its weights change), ``ref_policy`` (the SFT model, frozen), ``reward_model`` (frozen; or a plain
+Python function of texts) and ``value_model`` (a scalar head, trained; InstructGPT initialises it
+from the reward model, or use the SFT body with a new head: ``load_model(source, kind="reward")``
+gives either).
 
 Details that make it work are listed by Huang et al., *The N Implementation Details of RLHF with
 PPO* (Hugging Face blog, 2023; ICLR 2024 blog track): log-probabilities at the sampling
@@ -517,8 +517,9 @@ def adamw(parameters, lr: float, device: torch.device) -> torch.optim.AdamW:
     reference implementations; fused into one kernel per step where torch has one (CPU, CUDA).
     ``parameters`` may be parameter groups with their own ``lr`` (the policy's and the value model's).
 
-    The fused step updates all 105 tensors of the embedded policy and value model at once instead
-    of one by one: 7 to 18 ms instead of 51 to 57 ms on 2 CPU cores, a fifth of a PPO batch.
+    With ``train="all"`` the fused step updates all 105 tensors of the embedded policy and value
+    model at once instead of one by one: 7 to 18 ms instead of 51 to 57 ms on 2 CPU cores, a fifth
+    of a PPO batch (session 3).
     """
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(parameters, lr=lr, eps=1e-5, weight_decay=0.0, fused=fused or None)
