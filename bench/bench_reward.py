@@ -5,7 +5,9 @@ Prints, for ``RewardConfig`` (the defaults, fixed seed, unless ``--set`` changes
 * run times: sampling the rankings from the SFT model, training, evaluation;
 * held-out pairwise accuracy against the simulated labeler's noisy rankings, next to the ceiling
   its noise allows (``reward.noise_ceiling``), and against the noise-free rubric;
-* the kit's grouped loop and TRL's ``RewardTrainer`` trained on the same pairs: both accuracies.
+* the kit's grouped loop and TRL's ``RewardTrainer`` trained on the same pairs: both accuracies;
+  with ``--train-seeds 0,1,2`` each trainer runs once per training seed on the same pairs, and the
+  spread shows whether a gap between the two is more than the luck of one run.
 
 The ``sft`` stage is built first if it is missing (minutes on a CPU; ``--source`` names another
 model folder). ``--threads N`` runs torch on N threads, to measure what a 2-core laptop would see.
@@ -20,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -58,15 +61,20 @@ def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[lis
 
 
 def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, rankings: list,
-                       trainer: str, body: Path | None = None) -> dict:
-    """One reward model trained by ``trainer`` on the train prompts, evaluated on the others."""
+                       trainer: str, body: Path | None = None, train_seed: int | None = None) -> dict:
+    """One reward model trained by ``trainer`` on the train prompts, evaluated on the others.
+
+    ``train_seed`` (default: ``config.seed``) seeds only the training (the new head's initial
+    weights, the order of the batches); the split and the labeler keep ``config.seed``, so that
+    runs with different training seeds see the same pairs."""
     config = dataclasses.replace(config, trainer=trainer)
+    train_config = dataclasses.replace(config, seed=config.seed if train_seed is None else train_seed)
     tokenizer = load_tokenizer(source)
     train_rows, heldout_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)
-    seed_everything(config.seed)
+    seed_everything(train_config.seed)
     model = load_model(body or source, kind="reward", device=pick_device())
     start = time.perf_counter()
-    history = reward.train(model, tokenizer, train_rows, config, progress=False)
+    history = reward.train(model, tokenizer, train_rows, train_config, progress=False)
     seconds = time.perf_counter() - start
     max_length = reward.effective_max_length(model, config)
     heldout_rows = reward.audit_pairs(heldout_rows, tokenizer, max_length, verbose=False).kept
@@ -74,7 +82,8 @@ def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, 
     report = reward.evaluate_reward(model, tokenizer, heldout_rows,
                                     SimulatedLabeler(world, noise=config.noise, seed=config.seed))
     steps = [h for h in history if "loss/train" in h]
-    return {"trainer": trainer, "train_seconds": seconds, "eval_seconds": time.perf_counter() - start,
+    return {"trainer": trainer, "train_seed": train_config.seed, "train_seconds": seconds,
+            "eval_seconds": time.perf_counter() - start,
             "train_pairs": len(train_rows), "steps": max(h["step"] for h in history),
             "final_train_loss": steps[-1]["loss/train"], "final_train_accuracy": steps[-1]["reward/accuracy"],
             **report.row(), "n_ideal_pairs": report.n_ideal_pairs, "calibration": report.calibration}
@@ -89,6 +98,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a RewardConfig field, e.g. --set lr=1e-3")
     parser.add_argument("--trainers", default="kit,trl", help="kit, trl or both (kit,trl)")
+    parser.add_argument("--train-seeds", default="",
+                        help="train each trainer once per seed, e.g. 0,1,2 (same pairs, same split): "
+                        "the spread from seed to seed, to judge a difference between the trainers")
     parser.add_argument("--rankings", help="a JSONL file of rankings: read it if it exists, "
                         "else sample and write it")
     parser.add_argument("--json", help="also write the results to this file")
@@ -111,16 +123,25 @@ def main() -> None:
             write_jsonl(rankings, args.rankings)
         print(f"sampled {len(rankings)} rankings of {config.k} in {results['sampling_seconds']:.1f} s")
     results["rankings"] = len(rankings)
+    seeds = [int(s) for s in args.train_seeds.split(",") if s] or [None]
+    body = None if not args.body else (ensure_stage(args.body) if args.body in ("base", "sft")
+                                       else Path(args.body))
     for trainer in args.trainers.split(","):
-        body = None if not args.body else (ensure_stage(args.body) if args.body in ("base", "sft")
-                                           else Path(args.body))
-        run = train_and_evaluate(config, source, world, rankings, trainer, body)
-        results["runs"].append(run)
-        print(f"{trainer}: {run['steps']} steps on {run['train_pairs']} pairs in "
-              f"{run['train_seconds']:.1f} s; held-out accuracy {run['accuracy']:.3f} "
-              f"(noise ceiling {number(run['noise ceiling'])}), vs the rubric "
-              f"{number(run['accuracy vs rubric'])} on {run['n_ideal_pairs']} pairs; "
-              f"calibration error {run['calibration error']:.3f}")
+        for train_seed in seeds:
+            run = train_and_evaluate(config, source, world, rankings, trainer, body, train_seed)
+            results["runs"].append(run)
+            print(f"{trainer} (training seed {run['train_seed']}): {run['steps']} steps on "
+                  f"{run['train_pairs']} pairs in {run['train_seconds']:.1f} s; held-out accuracy "
+                  f"{run['accuracy']:.3f} (noise ceiling {number(run['noise ceiling'])}), vs the rubric "
+                  f"{number(run['accuracy vs rubric'])} on {run['n_ideal_pairs']} pairs; "
+                  f"calibration error {run['calibration error']:.3f}")
+    if len(seeds) > 1:
+        for trainer in args.trainers.split(","):
+            runs = [r for r in results["runs"] if r["trainer"] == trainer]
+            for key in ("accuracy", "accuracy vs rubric"):
+                values = [r[key] for r in runs]
+                print(f"{trainer}, {key}: mean {statistics.mean(values):.3f}, from {min(values):.3f} "
+                      f"to {max(values):.3f} over training seeds {args.train_seeds}")
     print("RESULT " + json.dumps(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -3,9 +3,9 @@
 Each stage of the course writes one folder under ``artifacts_home()`` (``~/.cache/rlhf-kit``,
 or ``$RLHF_KIT_HOME``)::
 
-    embedded-v3/base/   the pretrained GPT and its tokenizer (lesson 1)
-    embedded-v3/sft/    the fine-tuned assistant (lesson 2), and so on
-    embedded-v3/big-base/  a base model four times bigger, on the same corpus (lesson 7)
+    embedded-v4/base/   the pretrained GPT and its tokenizer (lesson 1)
+    embedded-v4/sft/    the fine-tuned assistant (lesson 2), and so on
+    embedded-v4/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
 A folder holds what ``save_pretrained`` writes plus ``rlhf_kit.json``, a small metadata file
 (configuration, seed, data size, final loss, package versions). A folder counts as ready only
@@ -30,7 +30,7 @@ from filelock import FileLock
 
 from .runtime import artifacts_home, versions
 
-FORMAT = "embedded-v3"
+FORMAT = "embedded-v4"
 """Bumped when the embedded world or model changes, so old caches are not reused by mistake."""
 
 METADATA = "rlhf_kit.json"

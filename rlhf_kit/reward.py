@@ -84,9 +84,9 @@ class RewardConfig:
     max_length: int = 128  # tokens of prompt + completion (64 - 2048); capped at the model's context
     # -- training
     trainer: str = "kit"  # "kit": the grouped loop below; "trl": TRL's RewardTrainer
-    epochs: float = 2.0  # passes over the rankings (1 - 4; InstructGPT: 1, more overfits)
+    epochs: float = 4.0  # passes over the rankings (1 - 8; InstructGPT: 1 on far more data)
     rankings_per_batch: int = 8  # whole rankings per optimiser step (4 - 64; InstructGPT: 64)
-    lr: float = 1e-3  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
+    lr: float = 3e-4  # peak learning rate (1e-5 for big hub models - 1e-3 for the embedded one)
     warmup: float = 0.05  # share of the steps spent warming the learning rate up (0 - 0.1)
     weight_decay: float = 0.0  # AdamW decay (0 - 0.1); the run is too short to need it
     grad_clip: float = 1.0  # clip the global gradient norm (0.5 - 5)
