@@ -882,8 +882,8 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_sourc
     stage). ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
     refused: it is what the result is judged on). The default is the questions whose replies the
     reward model was trained on, where it judges best: on the facts of the ``ppo`` questions,
-    which it never saw ranked, its advice is noise and PPO learns from noise (bench/RESULTS.md,
-    session 7). Returns the metadata; the caller writes it.
+    which it never saw ranked, its advice is little better than noise and PPO gains little there
+    (bench/RESULTS.md, sessions 7 and 8). Returns the metadata; the caller writes it.
     """
     from .artifacts import ensure_stage, read_metadata
     from .models import load_model, load_tokenizer
