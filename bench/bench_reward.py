@@ -7,7 +7,8 @@ Prints, for ``RewardConfig`` (the defaults, fixed seed, unless ``--set`` changes
   its noise allows (``reward.noise_ceiling``), and against the noise-free rubric;
 * the kit's grouped loop and TRL's ``RewardTrainer`` trained on the same pairs: both accuracies;
   with ``--train-seeds 0,1,2`` each trainer runs once per training seed on the same pairs, and the
-  spread shows whether a gap between the two is more than the luck of one run.
+  spread shows whether a gap between the two is more than the luck of one run; ``--ensemble``
+  also scores each trainer's models of those seeds together (the mean of their scores).
 
 The ``sft`` stage is built first if it is missing (minutes on a CPU; ``--source`` names another
 model folder). ``--threads N`` runs torch on N threads, to measure what a 2-core laptop would see.
@@ -24,6 +25,7 @@ import json
 import platform
 import statistics
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -60,27 +62,52 @@ def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[lis
     return rankings, time.perf_counter() - start
 
 
+def heldout(config: reward.RewardConfig, tokenizer, model, rankings: list) -> list[dict]:
+    """The held-out pairs (split by prompt, with ``config.seed``) that fit the model."""
+    rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)[1]
+    return reward.audit_pairs(rows, tokenizer, reward.effective_max_length(model, config),
+                              verbose=False).kept
+
+
+class MeanScore(torch.nn.Module):
+    """Reward models scored together: the mean of their scores (an ensemble)."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.config = members[0].config
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def forward(self, **inputs):
+        logits = torch.stack([m(**inputs).logits for m in self.members]).mean(dim=0)
+        return types.SimpleNamespace(logits=logits)  # what reward.score reads of a model
+
+
 def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, rankings: list,
-                       trainer: str, body: Path | None = None, train_seed: int | None = None) -> dict:
+                       trainer: str, body: Path | None = None, train_seed: int | None = None,
+                       keep: list | None = None) -> dict:
     """One reward model trained by ``trainer`` on the train prompts, evaluated on the others.
 
     ``train_seed`` (default: ``config.seed``) seeds only the training (the new head's initial
     weights, the order of the batches); the split and the labeler keep ``config.seed``, so that
-    runs with different training seeds see the same pairs."""
+    runs with different training seeds see the same pairs. The model is appended to ``keep``."""
     config = dataclasses.replace(config, trainer=trainer)
     train_config = dataclasses.replace(config, seed=config.seed if train_seed is None else train_seed)
     tokenizer = load_tokenizer(source)
-    train_rows, heldout_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)
+    train_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)[0]
     seed_everything(train_config.seed)
     model = load_model(body or source, kind="reward", device=pick_device())
     start = time.perf_counter()
     history = reward.train(model, tokenizer, train_rows, train_config, progress=False)
     seconds = time.perf_counter() - start
-    max_length = reward.effective_max_length(model, config)
-    heldout_rows = reward.audit_pairs(heldout_rows, tokenizer, max_length, verbose=False).kept
     start = time.perf_counter()
-    report = reward.evaluate_reward(model, tokenizer, heldout_rows,
+    report = reward.evaluate_reward(model, tokenizer, heldout(config, tokenizer, model, rankings),
                                     SimulatedLabeler(world, noise=config.noise, seed=config.seed))
+    if keep is not None:
+        keep.append(model.eval())
     steps = [h for h in history if "loss/train" in h]
     return {"trainer": trainer, "train_seed": train_config.seed, "train_seconds": seconds,
             "eval_seconds": time.perf_counter() - start,
@@ -101,6 +128,8 @@ def main() -> None:
     parser.add_argument("--train-seeds", default="",
                         help="train each trainer once per seed, e.g. 0,1,2 (same pairs, same split): "
                         "the spread from seed to seed, to judge a difference between the trainers")
+    parser.add_argument("--ensemble", action="store_true", help="with --train-seeds: also score "
+                        "each trainer's models together (the mean of their scores)")
     parser.add_argument("--rankings", help="a JSONL file of rankings: read it if it exists, "
                         "else sample and write it")
     parser.add_argument("--json", help="also write the results to this file")
@@ -126,15 +155,28 @@ def main() -> None:
     seeds = [int(s) for s in args.train_seeds.split(",") if s] or [None]
     body = None if not args.body else (ensure_stage(args.body) if args.body in ("base", "sft")
                                        else Path(args.body))
+    if args.ensemble and len(seeds) < 2:
+        parser.error("--ensemble needs two or more --train-seeds.")
     for trainer in args.trainers.split(","):
+        members: list = []
         for train_seed in seeds:
-            run = train_and_evaluate(config, source, world, rankings, trainer, body, train_seed)
+            run = train_and_evaluate(config, source, world, rankings, trainer, body, train_seed,
+                                     members if args.ensemble else None)
             results["runs"].append(run)
             print(f"{trainer} (training seed {run['train_seed']}): {run['steps']} steps on "
                   f"{run['train_pairs']} pairs in {run['train_seconds']:.1f} s; held-out accuracy "
                   f"{run['accuracy']:.3f} (noise ceiling {number(run['noise ceiling'])}), vs the rubric "
                   f"{number(run['accuracy vs rubric'])} on {run['n_ideal_pairs']} pairs; "
                   f"calibration error {run['calibration error']:.3f}")
+        if args.ensemble:
+            tokenizer = load_tokenizer(source)
+            report = reward.evaluate_reward(MeanScore(members), tokenizer,
+                                            heldout(config, tokenizer, members[0], rankings),
+                                            SimulatedLabeler(world, noise=config.noise, seed=config.seed))
+            results.setdefault("ensembles", []).append({"trainer": trainer, "seeds": seeds, **report.row()})
+            print(f"{trainer}, the {len(members)} models together (mean score): held-out accuracy "
+                  f"{report.accuracy:.3f} (noise ceiling {number(report.ceiling)}), vs the rubric "
+                  f"{number(report.ideal_accuracy)} on {report.n_ideal_pairs} pairs")
     if len(seeds) > 1:
         for trainer in args.trainers.split(","):
             runs = [r for r in results["runs"] if r["trainer"] == trainer]
