@@ -62,11 +62,15 @@ def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[lis
     return rankings, time.perf_counter() - start
 
 
-def heldout(config: reward.RewardConfig, tokenizer, model, rankings: list) -> list[dict]:
-    """The held-out pairs (split by prompt, with ``config.seed``) that fit the model."""
+def evaluate(config: reward.RewardConfig, world: World, tokenizer, model, rankings: list
+             ) -> reward.RewardReport:
+    """``model`` on the held-out pairs (split by prompt with ``config.seed``; those that fit the
+    model), against the simulated labeler and its rubric."""
     rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)[1]
-    return reward.audit_pairs(rows, tokenizer, reward.effective_max_length(model, config),
+    rows = reward.audit_pairs(rows, tokenizer, reward.effective_max_length(model, config),
                               verbose=False).kept
+    return reward.evaluate_reward(model, tokenizer, rows,
+                                  SimulatedLabeler(world, noise=config.noise, seed=config.seed))
 
 
 class MeanScore(torch.nn.Module):
@@ -104,8 +108,7 @@ def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, 
     history = reward.train(model, tokenizer, train_rows, train_config, progress=False)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
-    report = reward.evaluate_reward(model, tokenizer, heldout(config, tokenizer, model, rankings),
-                                    SimulatedLabeler(world, noise=config.noise, seed=config.seed))
+    report = evaluate(config, world, tokenizer, model, rankings)
     if keep is not None:
         keep.append(model.eval())
     steps = [h for h in history if "loss/train" in h]
@@ -169,10 +172,7 @@ def main() -> None:
                   f"{number(run['accuracy vs rubric'])} on {run['n_ideal_pairs']} pairs; "
                   f"calibration error {run['calibration error']:.3f}")
         if args.ensemble:
-            tokenizer = load_tokenizer(source)
-            report = reward.evaluate_reward(MeanScore(members), tokenizer,
-                                            heldout(config, tokenizer, members[0], rankings),
-                                            SimulatedLabeler(world, noise=config.noise, seed=config.seed))
+            report = evaluate(config, world, load_tokenizer(source), MeanScore(members), rankings)
             results.setdefault("ensembles", []).append({"trainer": trainer, "seeds": seeds, **report.row()})
             print(f"{trainer}, the {len(members)} models together (mean score): held-out accuracy "
                   f"{report.accuracy:.3f} (noise ceiling {number(report.ceiling)}), vs the rubric "
