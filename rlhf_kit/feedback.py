@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import quote
 
 from .world import QUESTIONS, RELATIONS, RUDE_REPLIES, REFUSAL, VALUES, Question, World
 
@@ -121,10 +122,26 @@ class DamagedStore(RankingError):
     """A database file that is not a rankings store, or that fails its integrity check."""
 
 
+class StoreUnavailable(RankingError):
+    """A store that cannot be opened or written here: a folder, or a read-only file or folder."""
+
+
+def _unencodable(text: str) -> int | None:
+    """The position of the first character UTF-8 cannot encode (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 def check_text(name: str, value: object) -> str:
-    """A non-empty string, or an ``InvalidField`` naming ``name``."""
+    """A non-empty string that UTF-8 can encode, or an ``InvalidField`` naming ``name``."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidField(name, f"must be a non-empty text, not {value!r}; pass a string.")
+    if (at := _unencodable(value)) is not None:
+        raise InvalidField(name, f"holds a character that is not valid text ({value[at]!r} at "
+                           f"position {at}, half of a surrogate pair); remove it.")
     return value
 
 
@@ -143,6 +160,10 @@ def check_completions(completions: object) -> tuple[str, ...]:
         if not text.strip():
             raise InvalidCompletions(
                 "completions", f"completion {i} is empty; sample another one in its place.")
+        if (at := _unencodable(text)) is not None:
+            raise InvalidCompletions(
+                "completions", f"completion {i} holds a character that is not valid text "
+                f"({text[at]!r} at position {at}, half of a surrogate pair); remove it.")
         # Two identical completions would make a pair that teaches nothing, or a contradiction
         # (the same text both chosen and rejected), so they are refused at the door.
         if text.strip() in first_seen:
@@ -291,6 +312,11 @@ def as_comparison_item(item: ComparisonItem | Sequence) -> ComparisonItem:
     completions, models = tuple(item.completions), tuple(item.models)
     if len(completions) != 2 or not all(isinstance(c, str) and c.strip() for c in completions):
         raise InvalidCompletions("completions", "a comparison needs exactly two non-empty texts.")
+    for i, text in enumerate(completions):
+        if (at := _unencodable(text)) is not None:
+            raise InvalidCompletions(
+                "completions", f"completion {i} holds a character that is not valid text "
+                f"({text[at]!r} at position {at}, half of a surrogate pair); remove it.")
     if len(models) != 2:
         raise InvalidField("models", "a comparison needs the names of its two models.")
     return ComparisonItem(check_text("prompt", item.prompt), completions,  # type: ignore[arg-type]
@@ -466,6 +492,7 @@ RANKING_COLUMNS = ("key", "prompt", "completions", "shown_order", "ranking", "ti
 COMPARISON_COLUMNS = ("key", "prompt", "completions", "models", "shown_order", "winner",
                       "labeler", "labeler_kind", "created_at", "schema_version")
 JSON_COLUMNS = {"completions", "shown_order", "ranking", "ties", "models"}
+STORE_TABLES = {"meta", "rankings", "comparisons", "skips"}
 
 
 def default_store_path() -> Path:
@@ -496,17 +523,56 @@ class RankingStore:
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = self._check_place()
         self._lock = threading.Lock()  # one transaction at a time per store object
         # isolation_level=None: no implicit transactions, each one is opened explicitly below.
         # check_same_thread=False: widget callbacks may run on another thread than the cell.
-        self._con = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                    check_same_thread=False)
+        try:
+            self._con = sqlite3.connect(self._uri(), uri=True, timeout=busy_timeout_s,
+                                        isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise StoreUnavailable("file", f"SQLite cannot open the store ({error}); check the "
+                                   "path and its permissions.", str(self.path)) from None
         try:
             self._open_waiting(busy_timeout_s)
         except BaseException:
             self._con.close()
             raise
+
+    def _check_place(self) -> bool:
+        """Refuse a path that cannot hold a store, in one sentence; True if it can only be read.
+
+        A store in WAL mode keeps two companion files (``-wal`` and ``-shm``) beside it, so a
+        store can be written only where both the file and its folder can be written.
+        """
+        where = str(self.path)
+        if self.path.is_dir():
+            raise StoreUnavailable("path", "the path is a folder, not a file; give a file path such as "
+                                   f"{self.path / 'rankings.sqlite'}.", where)
+        if self.path.exists():
+            return not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable("path", f"the store cannot be created ({error.strerror}); choose "
+                                   "a folder you can write to.", where) from None
+        if not os.access(self.path.parent, os.W_OK):
+            raise StoreUnavailable("path", f"the store cannot be created because {self.path.parent} is "
+                                   "read-only; choose a folder you can write to (or set "
+                                   "RLHF_KIT_HOME to one).", where)
+        return False
+
+    def _uri(self) -> str:
+        """The SQLite URI of the file: read-write, or read-only where it cannot be written.
+
+        A read-only WAL database whose companion files are gone (it was closed cleanly) can only
+        be opened as immutable; where they are still there, SQLite reads them as usual.
+        """
+        uri = "file:" + quote(str(self.path.resolve()))
+        if not self.read_only:
+            return uri
+        companions = all(Path(f"{self.path}{end}").exists() for end in ("-wal", "-shm"))
+        return uri + ("?mode=ro" if companions else "?mode=ro&immutable=1")
 
     def _open_waiting(self, timeout_s: float) -> None:
         """Open, retrying while another process holds the file's lock (it may be creating it).
@@ -522,7 +588,9 @@ class RankingStore:
                 return self._open()
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) and "busy" not in str(error):
-                    raise
+                    raise StoreUnavailable("file", f"SQLite cannot open the store ({error}); check "
+                                           "the path and its permissions (the file was not "
+                                           "changed).", str(self.path)) from None
                 if time.monotonic() + pause > deadline:
                     raise sqlite3.OperationalError(
                         f"{self.path} stayed locked by another process for {timeout_s:g} s; close "
@@ -537,21 +605,32 @@ class RankingStore:
 
         try:
             # Look before touching anything: a foreign database is refused unchanged.
-            if tables() and "meta" not in tables():
+            found = tables()
+            if found and "meta" not in found:
                 raise DamagedStore("meta", "is missing, so this database is not a rankings store; "
                                    "choose another path (the file was not changed).", str(self.path))
-            self._con.execute("PRAGMA journal_mode = WAL")  # stored in the file: once is enough
-            self._con.execute("PRAGMA synchronous = FULL")  # per connection: fsync every commit
-            with self._transaction() as con:
-                if not tables():  # a new (or empty) file: create the schema in this transaction
-                    # One statement at a time: executescript() would commit this transaction.
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            con.execute(statement)
-                    con.execute("INSERT INTO meta VALUES ('format', 'rlhf-kit rankings'), "
-                                "('schema_version', ?)", (str(SCHEMA_VERSION),))
-                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                meta = dict(con.execute("SELECT name, value FROM meta"))
+            if found and (missing := sorted(STORE_TABLES - found)):
+                raise DamagedStore(f"{missing[0]} table", "is missing from this rankings store; restore a copy "
+                                   "of the file, or import your JSONL export into a new store "
+                                   "(the file was not changed).", str(self.path))
+            if self.read_only:
+                if not found:
+                    raise StoreUnavailable("file", "the file is read-only and holds no store yet; "
+                                           "choose a file you can write to.", str(self.path))
+                meta = dict(self._con.execute("SELECT name, value FROM meta"))
+            else:
+                self._con.execute("PRAGMA journal_mode = WAL")  # stored in the file: once is enough
+                self._con.execute("PRAGMA synchronous = FULL")  # per connection: fsync every commit
+                with self._transaction() as con:
+                    if not tables():  # a new (or empty) file: create the schema in this transaction
+                        # One statement at a time: executescript() would commit this transaction.
+                        for statement in SCHEMA.split(";"):
+                            if statement.strip():
+                                con.execute(statement)
+                        con.execute("INSERT INTO meta VALUES ('format', 'rlhf-kit rankings'), "
+                                    "('schema_version', ?)", (str(SCHEMA_VERSION),))
+                        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    meta = dict(con.execute("SELECT name, value FROM meta"))
         except sqlite3.OperationalError:  # locked for longer than the busy timeout, no permission
             raise
         except sqlite3.DatabaseError as error:  # "file is not a database", "disk image malformed"
@@ -565,7 +644,16 @@ class RankingStore:
 
     @contextmanager
     def _transaction(self):
-        """One write transaction: committed (and fsynced) on success, rolled back on any error."""
+        """One write transaction: committed (and fsynced) on success, rolled back on any error.
+
+        After the commit the write-ahead log is copied into the database file (a passive
+        checkpoint, which never waits for another connection), so that a copy of the ``.sqlite``
+        file alone, taken while a notebook still has the store open, holds every ranking.
+        """
+        if self.read_only:
+            raise StoreUnavailable("file", "the store is read-only, so it can be read but nothing "
+                                   "can be stored in it; copy it to a folder you can write to "
+                                   "and open the copy (nothing was stored).", str(self.path))
         with self._lock:
             self._con.execute("BEGIN IMMEDIATE")  # take the write lock now, waiting if needed
             try:
@@ -575,6 +663,10 @@ class RankingStore:
                 if self._con.in_transaction:  # also when COMMIT itself failed (disk full...)
                     self._con.execute("ROLLBACK")
                 raise
+            try:
+                self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:  # the write is committed; the next checkpoint copies it over
+                pass
 
     def close(self) -> None:
         self._con.close()
@@ -792,7 +884,14 @@ def read_jsonl(path: str | Path) -> list[Ranking]:
             else:
                 problem = f"is not valid JSON at character {error.pos}; fix or remove the line."
             raise DamagedRecord(field, problem, where) from None
-        records.append(Ranking.from_dict(data, where))
+        record = Ranking.from_dict(data, where)
+        if isinstance(data, dict) and data.get("key") and data["key"] != record.item.key(record.labeler):
+            # The key is a hash of the content; a hand-edited line keeps an old key, and the store
+            # would then take it for the ranking that key belongs to and ignore it.
+            raise DamagedRecord("key", "does not match the ranking's prompt, completions, model "
+                                "and labeler (was the line edited?); delete the key field and "
+                                "import the file again.", where)
+        records.append(record)
     return records
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import shutil
 import sqlite3
 from itertools import combinations
 
@@ -34,6 +36,7 @@ from rlhf_kit.feedback import (
     RankingStore,
     SchemaVersionError,
     SimulatedLabeler,
+    StoreUnavailable,
     agreement,
     calibrate_noise,
     calibration_sets,
@@ -231,13 +234,18 @@ def file_hash(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_foreign_sqlite_database_is_refused_unchanged(tmp_path):
-    path = tmp_path / "other.sqlite"
+def run_sql(path, *statements):
+    """Change a database file behind the store's back, as another program (or a person) might."""
     con = sqlite3.connect(path)
-    con.execute("CREATE TABLE notes (text TEXT)")
-    con.execute("INSERT INTO notes VALUES ('keep me')")
+    for statement in statements:
+        con.execute(statement)
     con.commit()
     con.close()
+
+
+def test_foreign_sqlite_database_is_refused_unchanged(tmp_path):
+    path = tmp_path / "other.sqlite"
+    run_sql(path, "CREATE TABLE notes (text TEXT)", "INSERT INTO notes VALUES ('keep me')")
     before = file_hash(path)
     with pytest.raises(DamagedStore) as info:
         RankingStore(path)
@@ -260,10 +268,7 @@ def test_store_of_another_schema_version_is_refused(tmp_path):
     path = tmp_path / "r.sqlite"
     with RankingStore(path) as store:
         store.add(Ranking(**GOOD))
-    con = sqlite3.connect(path)
-    con.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
-    con.commit()
-    con.close()
+    run_sql(path, "UPDATE meta SET value = '99' WHERE name = 'schema_version'")
     with pytest.raises(SchemaVersionError) as info:
         RankingStore(path)
     assert info.value.field == "schema_version" and "99" in str(info.value)
@@ -274,10 +279,7 @@ def test_damaged_row_names_record_and_field_and_loses_nothing(tmp_path):
     with RankingStore(path) as store:
         store.add(Ranking(**GOOD))
         store.add(Ranking(**{**GOOD, "prompt": "Where does Bruno live?"}))
-    con = sqlite3.connect(path)
-    con.execute("UPDATE rankings SET ranking = '[0, 1' WHERE id = 2")
-    con.commit()
-    con.close()
+    run_sql(path, "UPDATE rankings SET ranking = '[0, 1' WHERE id = 2")
     with RankingStore(path) as store:
         for read in (store.rankings, store.check_integrity):
             with pytest.raises(DamagedRecord) as info:
@@ -566,3 +568,164 @@ def test_errors_are_ranking_errors():
     for error in (InvalidCompletions, InvalidRanking, InvalidTies, InvalidField, SchemaVersionError,
                   DamagedRecord, DamagedStore):
         assert issubclass(error, RankingError) and issubclass(error, ValueError)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stores that cannot be written, copied while open, and texts that are not valid
+# ----------------------------------------------------------------------------------------------
+
+# Root ignores file permissions, so the permission cases run in a child process without the
+# capability that lets it (setpriv, from util-linux); another user runs them as they are.
+WITHOUT_OVERRIDE = (["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                     "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else [])
+
+
+def run_without_write_permission(code: str) -> str:
+    """Run ``code`` in a child Python that file permissions apply to; returns what it printed."""
+    import subprocess
+    import sys
+
+    if WITHOUT_OVERRIDE and not shutil.which("setpriv"):
+        pytest.fail("These tests need setpriv (Debian's util-linux) when run as root.")
+    run = subprocess.run([*WITHOUT_OVERRIDE, sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def saved_store(path, n=3):
+    with RankingStore(path) as store:
+        for i in range(n):
+            store.add(Ranking(**{**GOOD, "prompt": f"Where does person {i} live?"}))
+
+
+def test_a_folder_is_not_a_store(tmp_path):
+    with pytest.raises(StoreUnavailable) as info:
+        RankingStore(tmp_path)
+    assert str(info.value) == (f"{tmp_path}, field 'path': the path is a folder, not a file; give a "
+                               f"file path such as {tmp_path / 'rankings.sqlite'}.")
+
+
+def test_a_store_without_its_rankings_table_is_named_and_left_unchanged(tmp_path):
+    path = tmp_path / "r.sqlite"
+    saved_store(path)
+    run_sql(path, "DROP TABLE rankings")
+    before = file_hash(path)
+    with pytest.raises(DamagedStore) as info:
+        RankingStore(path)
+    assert info.value.field == "rankings table" and str(path) in str(info.value)
+    assert "import your JSONL export" in str(info.value) and file_hash(path) == before
+
+
+@pytest.mark.parametrize("folder_mode, file_mode", [(0o555, 0o666), (0o777, 0o444)],
+                         ids=["read-only folder", "read-only file"])
+def test_a_read_only_store_is_read_and_refuses_writes_in_one_sentence(tmp_path, folder_mode,
+                                                                       file_mode):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "rankings.sqlite"
+    saved_store(path)
+    before = file_hash(path)
+    path.chmod(file_mode)
+    folder.chmod(folder_mode)
+    tmp_path.chmod(0o755)
+    try:
+        out = run_without_write_permission(f"""
+from rlhf_kit.feedback import Ranking, RankingStore, StoreUnavailable
+store = RankingStore({str(path)!r})
+print(store.read_only, len(store.rankings()), store.check_integrity()["rankings"])
+try:
+    store.add(Ranking(prompt="Where does Bruno live?", completions=("a", "b"), ranking=(0, 1)))
+except StoreUnavailable as error:
+    print(error)
+""")
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+    assert out.splitlines() == [
+        "True 3 3",
+        f"{path}, field 'file': the store is read-only, so it can be read but nothing can be "
+        "stored in it; copy it to a folder you can write to and open the copy (nothing was stored)."]
+    assert file_hash(path) == before
+
+
+def test_a_new_store_in_a_read_only_folder_is_refused_in_one_sentence(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o555)
+    tmp_path.chmod(0o755)
+    try:
+        out = run_without_write_permission(f"""
+from rlhf_kit.feedback import RankingStore, StoreUnavailable
+try:
+    RankingStore({str(folder / "rankings.sqlite")!r})
+except StoreUnavailable as error:
+    print(error)
+""")
+    finally:
+        folder.chmod(0o755)
+    assert out.strip() == (f"{folder / 'rankings.sqlite'}, field 'path': the store cannot be "
+                           f"created because {folder} is read-only; choose a folder you can write "
+                           "to (or set RLHF_KIT_HOME to one).")
+    assert list(folder.iterdir()) == []
+
+
+def test_the_widget_says_a_read_only_store_cannot_be_saved_to(tmp_path, items, monkeypatch):
+    path = tmp_path / "r.sqlite"
+    saved_store(path, n=1)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+    widget = RankingWidget(RankingStore(path), items)
+    click_all(widget)
+    assert not widget.submit()
+    assert widget.message.startswith("The store is read-only, so it can be read but nothing")
+    assert widget.current == items[0] and len(RankingStore(path)) == 1
+
+
+def test_a_copy_of_the_file_taken_while_the_store_is_open_holds_every_ranking(tmp_path):
+    path = tmp_path / "r.sqlite"
+    store = RankingStore(path)
+    reader = RankingStore(path)  # a second notebook with the same store open
+    for i in range(50):
+        store.add(Ranking(**{**GOOD, "prompt": f"Where does person {i} live?"}))
+    assert len(reader) == 50
+    shutil.copy(path, tmp_path / "copy.sqlite")  # the .sqlite file alone, not its -wal
+    assert len(RankingStore(tmp_path / "copy.sqlite")) == 50
+    store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("change, error, field", [
+    ({"completions": ("Alice lives in Foxhill.\ud800", "I don't know.")}, InvalidCompletions, "completions"),
+    ({"prompt": "Where does \udfff Alice live?"}, InvalidField, "prompt"),
+])
+def test_a_lone_surrogate_is_refused_where_it_enters(store, change, error, field):
+    with pytest.raises(error) as info:
+        Ranking(**{**GOOD, "ranking": (0, 1), **change})
+    assert info.value.field == field and "half of a surrogate pair" in str(info.value)
+    with pytest.raises(InvalidCompletions, match="half of a surrogate pair"):
+        Comparison("Where does Alice live?", ("Foxhill\ud800", "I don't know."), ("a", "b"), 0)
+    assert len(store) == 0
+
+
+def test_a_lone_surrogate_in_a_jsonl_line_names_the_line_and_stores_nothing(tmp_path, store):
+    good = Ranking(**GOOD).to_dict()
+    bad = {**good, "key": "", "completions": ["Alice lives in Foxhill.\ud800", *COMPLETIONS[1:]]}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")  # json escapes it as \ud800
+    with pytest.raises(InvalidCompletions) as info:
+        store.import_jsonl(path)
+    assert str(info.value).startswith("Line 2 of r.jsonl, field 'completions': completion 0 holds")
+    assert len(store) == 0
+
+
+def test_a_hand_edited_line_whose_key_no_longer_matches_is_refused(tmp_path, store):
+    first = Ranking(**GOOD).to_dict()
+    edited = {**first, "prompt": "Where does Bruno live?"}  # copied, edited, the old key kept
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(edited) + "\n")
+    with pytest.raises(DamagedRecord) as info:
+        store.import_jsonl(path)
+    assert str(info.value).startswith("Line 2 of r.jsonl, field 'key': does not match")
+    assert len(store) == 0
+    path.write_text(json.dumps(first) + "\n" + json.dumps({**edited, "key": ""}) + "\n")
+    assert store.import_jsonl(path) == 2  # with the key deleted, it is derived again
