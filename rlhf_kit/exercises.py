@@ -318,23 +318,41 @@ def _exercise_of_cells(solution: nbformat.NotebookNode, exercises: list[Exercise
     return owner
 
 
+def _same_exercise(learner: nbformat.NotebookNode, exercise: Exercise,
+                   solution: nbformat.NotebookNode) -> bool:
+    """Whether the learner's notebook holds ``exercise``: a cell of its id with its title line.
+
+    Every lesson has cells named ``setup`` or ``intro``, so ids alone cannot tell two lessons
+    apart; the exercise's ``# Exercise N: title`` line, which the generator keeps, can.
+    """
+    def title(nb):
+        cell = next((c for c in nb.cells if c.get("id") == exercise.cell_id), None)
+        return _first_line(cell.source) if cell is not None else None
+
+    return title(learner) is not None and title(learner) == title(solution)
+
+
 def merge_for_checking(learner: nbformat.NotebookNode, solution: nbformat.NotebookNode,
                        exercises: list[Exercise]) -> nbformat.NotebookNode:
     """A copy of the learner's notebook holding the solution's outputs, for nbval to compare.
 
-    nbval compares a cell only when it has an execution count, so: cells the solution also has
-    get its outputs and count; the learner's exercise cells get none (their code is the
-    learner's, only an error in them counts); cells the learner added get none either, and
-    ``check_notebook`` does not judge them.
+    nbval compares a cell only when it has an execution count, so: the cells of an exercise (its
+    check cell and the cells after it) get the solution's outputs and count; the learner's
+    exercise cells get none (their code is the learner's, only an error in them counts); the
+    setup cells before the first exercise get none either (they load models and data, whose
+    printouts can differ in the last digits on another machine: only an error in them counts);
+    cells the learner added get none, and ``check_notebook`` does not judge them.
     """
     reference = {cell.get("id"): cell for cell in solution.cells}
     solved = {e.cell_id for e in exercises}
+    setup = {cell_id for cell_id, number in _exercise_of_cells(solution, exercises).items()
+             if number == 0}
     nb = copy.deepcopy(learner)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         ref = reference.get(cell.get("id"))
-        if ref is None or ref.cell_type != "code" or cell.get("id") in solved:
+        if ref is None or ref.cell_type != "code" or cell.get("id") in solved | setup:
             cell.outputs, cell.execution_count = [], None
         else:
             cell.outputs = copy.deepcopy(ref.outputs)
@@ -433,9 +451,10 @@ def check_notebook(notebook: str | Path, solution: str | Path | None = None,
     if not exercises:
         raise ExerciseError(f"{solution_path} has no exercises (no '{BEGIN}' markers).")
     learner_ids = {cell.get("id") for cell in learner.cells}
-    if not learner_ids & {cell.get("id") for cell in reference.cells}:
-        raise ExerciseError(f"{notebook.name} shares no cells with {solution_path.name}: is it "
-                            "the exercises notebook of the same lesson?")
+    if not any(_same_exercise(learner, exercise, reference) for exercise in exercises):
+        raise ExerciseError(f"{notebook.name} holds none of the exercises of {solution_path.name}: "
+                            "check that both are of the same lesson, or pass the right solutions "
+                            "with --solution PATH.")
     merged = merge_for_checking(learner, reference, exercises)
     results = {r.cell_id: r for r in _run_nbval(merged, notebook.name, solution_path, cell_timeout)}
 
