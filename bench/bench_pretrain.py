@@ -5,7 +5,10 @@ Prints, for the default ``PretrainConfig`` on this machine:
 * the wall time of the whole build (corpus, tokenizer, pretraining, saving);
 * pretraining throughput in tokens per second, and as a share of this machine's fp32
   matrix-multiply peak measured in the same run (the best of several square matmuls);
-* the base model's three fault rates on held-out questions (fixed seed), as in lesson 1.
+* the base model's three fault rates on held-out questions (fixed seed), as in lesson 1, next to
+  those of the base model the package ships (``rlhf_kit/data/embedded/base``, the same recipe
+  run on the machine the lessons' outputs were stored on): a rebuild on another CPU trains other
+  weights, and these say whether it trains as good a model.
 
 Model FLOPs per token follow the usual estimate for a decoder (Kaplan et al. 2020; PaLM's
 appendix B): 6 x (non-embedding parameters + the tied output projection) for the matmuls of the
@@ -25,7 +28,7 @@ import torch
 
 from rlhf_kit.evaluate import fault_rates
 from rlhf_kit.models import load_model, load_tokenizer
-from rlhf_kit.pretrain import PretrainConfig, build_base
+from rlhf_kit.pretrain import SHIPPED, PretrainConfig, build_base, shipped_metadata
 from rlhf_kit.world import World
 
 
@@ -53,7 +56,7 @@ def flops_per_token(config: PretrainConfig, vocab: int) -> float:
 def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}")
     peak_before = matmul_peak_gflops()
     config = PretrainConfig()
     with tempfile.TemporaryDirectory() as folder:
@@ -66,6 +69,8 @@ def main() -> None:
         model = load_model(folder, device="cpu")
         world = World(seed=config.seed)
         report = fault_rates(model, tokenizer, world, world.questions("heldout"), samples_per_question=4, name="base")
+    shipped = fault_rates(load_model(SHIPPED / "base", device="cpu"), load_tokenizer(SHIPPED / "base"), world,
+                          world.questions("heldout"), samples_per_question=4, name="shipped")
     fpt = flops_per_token(config, len(tokenizer))
     tps = meta["tokens_per_second"]
     print(f"build (corpus + tokenizer + pretraining + save): {build_seconds:.1f} s")
@@ -79,6 +84,9 @@ def main() -> None:
           f"false {report.false_rate:.1%}, rude {report.rude_rate:.1%}, rubric score {report.rubric_score:.2f}")
     for key, (lo, hi) in report.intervals.items():
         print(f"  {key}: 95% interval [{lo:.1%}, {hi:.1%}]")
+    print(f"the shipped base model on the same samples: answer {shipped.answer_rate:.1%}, false "
+          f"{shipped.false_rate:.1%}, rude {shipped.rude_rate:.1%}, rubric score {shipped.rubric_score:.2f}; "
+          f"final loss {shipped_metadata('base')['final_loss']:.3f}")
 
 
 if __name__ == "__main__":

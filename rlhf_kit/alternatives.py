@@ -154,7 +154,6 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
     from .artifacts import read_metadata
     from .models import load_model, load_tokenizer
     from .reward import RewardConfig, as_pairs, simulated_rankings, split_by_prompt
-    from .runtime import pick_device
     from .world import World
 
     meta = read_metadata(reward_dir)
@@ -163,7 +162,7 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
                          "rankings; build the reward model with reward.build_reward first.")
     config = RewardConfig(**meta["config"])
     world = World(seed=read_metadata(sft_dir).get("seed", 0))
-    policy = load_model(sft_dir, device=pick_device())
+    policy = load_model(sft_dir)
     rankings = simulated_rankings(policy, load_tokenizer(sft_dir), world, config)
     if len(rankings) != meta.get("rankings", len(rankings)):
         raise RuntimeError(f"Sampling the SFT model again gave {len(rankings)} rankings where the reward "
@@ -207,6 +206,7 @@ def trl_dpo_arguments(config: DPOConfig, output_dir: str, device: torch.device) 
         # TRL defaults to bf16 (slow and emulated on a CPU) and to activation checkpointing (a small
         # model does not need the memory it saves, and pays 20 % in time).
         bf16=preferred_dtype(device) == torch.bfloat16,
+        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
         activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_first_step=True,
@@ -417,6 +417,7 @@ def trl_grpo_arguments(config: GRPOConfig, output_dir: str, device: torch.device
         lr_scheduler_type="constant",
         reward_weights=[1.0, 0.0],  # the reward model trains; the rubric is only watched
         bf16=preferred_dtype(device) == torch.bfloat16,
+        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
         activation_checkpointing=False,
         # TRL's GRPO keeps dropout on by default (its DPO turns it off): with dropout the log-probs
         # of training and of sampling differ, and the ratio and the KL measure noise. PPO has none.

@@ -7,6 +7,11 @@ or ``$RLHF_KIT_HOME``)::
     embedded-v4/sft/    the fine-tuned assistant (lesson 2), and so on
     embedded-v4/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
+The two pretrained stages, ``base`` and ``big-base``, are installed from the weights the package
+ships (``rlhf_kit/data/embedded/``, made by the same recipe; ``pretrain.install_base``), so a
+learner's first reply comes in seconds; ``pretrain_from_scratch`` (``rlhf-kit build base
+--from-scratch``) runs the recipe instead.
+
 A folder holds what ``save_pretrained`` writes plus ``rlhf_kit.json``, a small metadata file
 (configuration, seed, data size, final loss, package versions). A folder counts as ready only
 when that file exists: it is written last.
@@ -43,18 +48,29 @@ Builder = Callable[[Path], dict]
 def _builders() -> dict[str, Builder]:
     from . import alternatives, ppo, pretrain, reward, sft
 
-    builders: dict[str, Builder] = {"base": pretrain.build_base, "sft": sft.build_sft,
+    # The two pretrained models are installed from the weights the package ships (seconds);
+    # ``pretrain_from_scratch`` runs the recipe instead (minutes).
+    builders: dict[str, Builder] = {"base": pretrain.install_base, "sft": sft.build_sft,
                                     "reward": reward.build_reward}
     builders["ppo"] = ppo.build_ppo
     builders["dpo"] = alternatives.build_dpo  # lesson 7: after PPO, on the same data
     builders["grpo"] = alternatives.build_grpo
-    builders["big-base"] = pretrain.build_big_base  # lesson 7: four times the base model's size
+    builders["big-base"] = pretrain.install_big_base  # lesson 7: four times the base model's size
     return builders
+
+
+PRETRAINED = ("base", "big-base")
+"""The stages that are pretrained from scratch; every other stage starts from ``base``."""
+
+
+def embedded_home() -> Path:
+    """The folder that holds every stage of the embedded model."""
+    return artifacts_home() / FORMAT
 
 
 def stage_dir(stage: str) -> Path:
     """The folder of a stage of the embedded model (it may not exist yet)."""
-    return artifacts_home() / FORMAT / stage
+    return embedded_home() / stage
 
 
 def is_ready(stage: str) -> bool:
@@ -75,7 +91,7 @@ def write_metadata(path: str | Path, metadata: dict) -> None:
 
 
 def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
-                 verbose: bool = False) -> bool:
+                 verbose: bool = False, embedded: bool = False) -> bool:
     """Write ``target`` with ``build(tmp) -> metadata`` unless it is complete; True if it built.
 
     The work goes into a temporary folder next to ``target``, renamed into place when the
@@ -89,13 +105,16 @@ def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
     with FileLock(str(target) + ".lock"):
         if (target / METADATA).exists():  # another process built it while we waited for the lock
             return False
-        if verbose:
+        if verbose and stage in PRETRAINED:
+            print(f"Installing the embedded '{stage}' model shipped with rlhf-kit (once, into {target}).")
+        elif verbose:
             print(f"The embedded '{stage}' model is not built yet: building it now "
                   f"(once, into {target}).")
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=target.parent))
         try:
             metadata = build(tmp)
-            write_metadata(tmp, {"stage": stage, **metadata})
+            # ``embedded`` marks the kit's own small model, which runs on the CPU (models.load_model)
+            write_metadata(tmp, {"stage": stage, **metadata, **({"embedded": True} if embedded else {})})
             if target.exists():  # an incomplete folder left by an older kit
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -113,5 +132,26 @@ def ensure_stage(stage: str, verbose: bool = True) -> Path:
     builders = _builders()
     if stage not in builders:
         raise KeyError(f"Unknown stage {stage!r}; the stages are: {', '.join(builders)}.")
-    build_folder(target, builders[stage], stage, verbose)
+    build_folder(target, builders[stage], stage, verbose, embedded=True)
     return target
+
+
+def pretrain_from_scratch(stage: str = "base", progress: bool = True) -> tuple[Path, list[str]]:
+    """Pretrain ``base`` or ``big-base`` with the kit's recipe, in place of the shipped weights.
+
+    Pretraining on another CPU gives other weights in the last bits, so the stages built from
+    the old base no longer follow from the new one: they are removed, and rebuilt from it when
+    next asked for. Returns the stage's folder and the stages removed.
+    """
+    from . import pretrain
+
+    if stage not in PRETRAINED:
+        raise KeyError(f"Only {' and '.join(PRETRAINED)} are pretrained from scratch, not {stage!r}; "
+                       f"the other stages are built from the base with `rlhf-kit build STAGE`.")
+    later = [] if stage == "big-base" else [s for s in _builders() if s not in PRETRAINED]
+    removed = [s for s in [stage, *later] if stage_dir(s).exists()]
+    for name in removed:
+        shutil.rmtree(stage_dir(name))
+    build = pretrain.build_base if stage == "base" else pretrain.build_big_base
+    build_folder(stage_dir(stage), lambda out: build(out, progress=progress), stage, embedded=True)
+    return stage_dir(stage), [s for s in removed if s != stage]

@@ -85,6 +85,20 @@ def resolve(source: str | Path, stage: str = "base") -> str:
     return source  # a hub id; from_pretrained downloads it (needs a network the first time)
 
 
+def is_embedded(path: str | Path) -> bool:
+    """Whether a model folder holds the kit's embedded model or a stage built from it.
+
+    Such a folder says so in its metadata (``artifacts.ensure_stage`` writes it), or lies among
+    the embedded stages; a hub id, or any other folder, is not.
+    """
+    from .artifacts import embedded_home, read_metadata  # lazy: artifacts builds stages
+
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return bool(read_metadata(path).get("embedded")) or path.resolve().parent == embedded_home().resolve()
+
+
 def load_tokenizer(source: str | Path = EMBEDDED, stage: str = "base"):
     """The tokenizer saved with a model. Hub tokenizers without a pad token get EOS as pad."""
     tokenizer = AutoTokenizer.from_pretrained(resolve(source, stage))
@@ -105,7 +119,8 @@ def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "
     if kind not in ("causal", "reward"):
         raise ValueError(f"kind must be 'causal' or 'reward', not {kind!r}.")
     path = resolve(source, stage)
-    device = pick_device() if device is None else torch.device(device)
+    # The embedded model and its stages run on the CPU unless told otherwise (runtime.pick_device).
+    device = pick_device(embedded=is_embedded(path)) if device is None else torch.device(device)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     # transformers draws a "Loading weights" bar on stderr; for a model of a few MB it is noise.
     bars = hf_logging.is_progress_bar_enabled()

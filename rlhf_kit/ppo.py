@@ -469,14 +469,14 @@ def prompt_indices(n_prompts: int, batch: int, size: int, seed: int) -> list[int
     return indices
 
 
-def _accelerator():
-    """accelerate's Accelerator: a no-op wrapper in one process, data parallel under
-    ``accelerate launch``. Without accelerate installed, a stand-in for one process."""
+def _accelerator(device: torch.device):
+    """accelerate's Accelerator on the policy's device: a no-op wrapper in one process, data
+    parallel under ``accelerate launch``. Without accelerate installed, a stand-in for one process."""
     try:
         from accelerate import Accelerator
     except ImportError:  # pragma: no cover - accelerate is a dependency of the kit
-        return _OneProcess()
-    return Accelerator()
+        return _OneProcess(device)
+    return Accelerator(cpu=device.type == "cpu")  # a model on the CPU stays there, GPU or not
 
 
 class _OneProcess:
@@ -484,10 +484,8 @@ class _OneProcess:
 
     num_processes, process_index, is_main_process = 1, 0, True
 
-    def __init__(self):
-        from .runtime import pick_device
-
-        self.device = pick_device()
+    def __init__(self, device: torch.device):
+        self.device = device
 
     def prepare(self, *things):
         return things
@@ -604,7 +602,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     if not prompts:
         raise ValueError("prompts is empty: give the user prompts to practise on.")
     reward_tokenizer = reward_tokenizer or tokenizer
-    accelerator = _accelerator()
+    accelerator = _accelerator(policy.device)
     device = accelerator.device
     if _vocab(ref_policy) != _vocab(policy) or _vocab(value_model) < len(tokenizer):
         raise ValueError("policy, ref_policy and value_model must read the same tokens: load all "

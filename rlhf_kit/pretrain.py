@@ -10,14 +10,19 @@ questions, to tell the truth or to be polite; it learns whatever the text does.
 
 Data: the corpus of ``world.py`` joined with ``<|endoftext|>`` into one token stream; each
 training example is a random window of ``block_size`` tokens. Reads nothing; writes the
-``base`` artifact (model + tokenizer + metadata). Taught in
+``base`` artifact (model + tokenizer + metadata). The package ships the result of this recipe
+for ``base`` and ``big-base`` (``rlhf_kit/data/embedded/``), and the stages are installed from it
+(``install_base``): pretraining takes minutes, and on another CPU it gives weights that differ in
+their last bits, so shipping them gives every learner the model the lessons' figures come from. Taught in
 ``course/01_next_token_prediction.ipynb``; the recipe is GPT-2's (Radford et al., 2019) at a
 size a laptop can train.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -218,3 +223,44 @@ def build_big_base(out_dir: str | Path, config: PretrainConfig | None = None,
     """``build_base`` with ``big_base_config()``: the ``big-base`` stage."""
     return build_base(out_dir, config or big_base_config(), progress)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped base models
+# ----------------------------------------------------------------------------------------------
+
+SHIPPED = Path(__file__).parent / "data" / "embedded"
+"""The ``base`` and ``big-base`` models as ``build_base`` made them with the default
+configurations, one folder each, with the metadata of their build (``rlhf_kit.json``)."""
+
+
+def shipped_metadata(stage: str) -> dict:
+    """The metadata of a shipped model (its build: configuration, loss history, versions)."""
+    return json.loads((SHIPPED / stage / "rlhf_kit.json").read_text())
+
+
+def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig) -> dict:
+    """Copy the shipped ``stage`` into ``out_dir``; returns its build's metadata, marked as such.
+
+    Without shipped weights (a package built without its data), or when ``config`` is not the
+    configuration they were made with, the model is pretrained here with ``config`` instead.
+    """
+    folder = SHIPPED / stage
+    if not (folder / "rlhf_kit.json").exists() or shipped_metadata(stage)["config"] != asdict(config):
+        return build_base(out_dir, config)
+    for file in folder.iterdir():
+        if file.name != "rlhf_kit.json":
+            shutil.copy2(file, Path(out_dir) / file.name)
+    metadata = {k: v for k, v in shipped_metadata(stage).items()
+                if k not in ("stage", "versions", "embedded")}
+    return {**metadata, "installed_from": str(folder), "built_with": shipped_metadata(stage)["versions"]}
+
+
+def install_base(out_dir: str | Path) -> dict:
+    """The ``base`` stage: the shipped base model (``build_base`` with the default configuration)."""
+    return install_shipped(out_dir, "base", PretrainConfig())
+
+
+def install_big_base(out_dir: str | Path) -> dict:
+    """The ``big-base`` stage: the shipped bigger base model (``build_big_base``)."""
+    return install_shipped(out_dir, "big-base", big_base_config())

@@ -59,7 +59,7 @@ from .artifacts import ensure_stage, read_metadata
 from .feedback import (DEFAULT_NOISE, Item, Ranking, RankingStore, SimulatedLabeler, expand_pairs,
                        shuffled_order)
 from .models import EMBEDDED, load_model, load_tokenizer
-from .runtime import NonFiniteLoss, pick_device, preferred_dtype, seed_everything
+from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
 from .sampling import generate
 from .world import World
 
@@ -559,6 +559,7 @@ def trl_arguments(config: RewardConfig, output_dir: str, device: torch.device, b
         # TRL defaults to bf16, which raises "Your setup doesn't support bf16/gpu" on a CPU (and
         # is slow there), and to activation checkpointing, 20 % slower and not needed here.
         bf16=preferred_dtype(device) == torch.bfloat16,
+        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
         activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_nan_inf_filter=False,  # by default Trainer hides a NaN loss in its logs
@@ -881,7 +882,7 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, source
     world = World(seed=read_metadata(source_dir).get("seed", 0))
     tokenizer = load_tokenizer(source_dir)
     if rankings is None:
-        policy = load_model(source_dir, device=pick_device())
+        policy = load_model(source_dir)
         rankings = simulated_rankings(policy, tokenizer, world, config)
         del policy
     rankings = list(rankings)
@@ -889,7 +890,7 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, source
     train_rows, heldout_rows = split_by_prompt(rankings, config.heldout_share, config.seed)
     # The head is initialised from the global generator: seeded, so a rebuild gives the same model.
     seed_everything(config.seed)
-    model = load_model(source_dir, kind="reward", device=pick_device())
+    model = load_model(source_dir, kind="reward")
     history = train(model, tokenizer, train_rows, config, heldout_rows, progress)
     max_length = effective_max_length(model, config)
     audit = audit_pairs(train_rows, tokenizer, max_length, verbose=False)

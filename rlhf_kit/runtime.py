@@ -5,7 +5,8 @@ other module has to guess:
 
 * **seed** - ``seed_everything(seed)`` seeds Python, NumPy (when present) and torch, and turns
   on deterministic kernels, so that a rerun on the same CPU gives the same figures;
-* **device** - ``pick_device()`` returns CUDA, then Apple MPS, then the CPU, and
+* **device** - ``pick_device()`` returns the CPU for the kit's embedded model, and CUDA, then
+  Apple MPS, then the CPU for any other model; ``RLHF_KIT_DEVICE`` overrides both, and
   ``preferred_dtype(device)`` says whether bf16 is worth using there;
 * **home** - ``artifacts_home()`` is the folder that holds every stage's model. It defaults to
   ``~/.cache/rlhf-kit`` and is overridden by the environment variable ``RLHF_KIT_HOME``.
@@ -27,6 +28,11 @@ HOME_ENV = "RLHF_KIT_HOME"
 MODEL_ENV = "RLHF_KIT_MODEL"
 """Environment variable naming the model every notebook starts from: ``embedded`` (the default),
 a local folder, or a Hugging Face hub id such as ``gpt2``."""
+
+
+DEVICE_ENV = "RLHF_KIT_DEVICE"
+"""Environment variable that sets the device of every model (``cpu``, ``cuda``, ``cuda:1``, ``mps``),
+overriding the choice ``pick_device`` makes."""
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -54,10 +60,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     return generator
 
 
-def pick_device(prefer: str | None = None) -> torch.device:
-    """The best device here: ``prefer`` if given, else CUDA, then Apple MPS, then the CPU."""
-    if prefer:
-        return torch.device(prefer)
+def pick_device(prefer: str | None = None, embedded: bool = False) -> torch.device:
+    """The device for a model: ``prefer`` if given, else ``$RLHF_KIT_DEVICE`` if set; else the CPU
+    for the embedded model (``embedded=True``), and CUDA, then Apple MPS, then the CPU for others.
+
+    The embedded model has under a million parameters: its matrices are too small to keep a GPU
+    busy, so it runs faster on the CPU, deterministically, and gives the figures the lessons show.
+    A hub model is hundreds of times bigger and needs the accelerator.
+    """
+    chosen = prefer or os.environ.get(DEVICE_ENV, "").strip()
+    if chosen:
+        return torch.device(chosen)
+    if embedded:
+        return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -105,11 +120,12 @@ def environment_report() -> dict[str, str]:
     """What a learner's set-up looks like: Python, packages, device, threads, artifacts folder."""
     import platform
 
-    device = pick_device()
+    model = model_choice()
+    device = pick_device(embedded=model == "embedded")
     report = {"python": platform.python_version(), **versions(), "device": str(device),
               "dtype": str(preferred_dtype(device)).replace("torch.", ""),
               "cpu threads": str(torch.get_num_threads()), "artifacts": str(artifacts_home()),
-              "model": model_choice()}
+              "model": model}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
     return report

@@ -510,6 +510,7 @@ def trl_arguments(config: SFTConfig, output_dir: str, device: torch.device) -> t
         # TRL defaults to bf16 (which raises on a CPU without use_cpu=True, and is slow there) and
         # to activation checkpointing (20 % slower; a small model does not need the memory).
         bf16=preferred_dtype(device) == torch.bfloat16,
+        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
         activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_first_step=True,

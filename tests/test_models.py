@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ import torch
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rlhf_kit import artifacts
-from rlhf_kit.models import ModelNotFound, load_model, load_tokenizer, resolve
+from rlhf_kit.models import ModelNotFound, is_embedded, load_model, load_tokenizer, resolve
 from rlhf_kit.sampling import generate
 
 
@@ -93,3 +95,114 @@ def test_a_failed_build_leaves_no_half_written_stage(tmp_path, monkeypatch):
     assert not artifacts.is_ready("base") and not artifacts.stage_dir("base").exists()
     with pytest.raises(KeyError, match="Unknown stage"):
         artifacts.ensure_stage("nonsense")
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices: the embedded model stays on the CPU, a hub model takes the accelerator
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_embedded_model_runs_on_the_cpu_whatever_accelerator_is_present(monkeypatch, tmp_path,
+                                                                            tiny_base_dir):
+    from rlhf_kit import runtime
+
+    monkeypatch.delenv(runtime.DEVICE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with a GPU
+    assert runtime.pick_device() == torch.device("cuda")  # a hub model takes it
+    assert runtime.pick_device(embedded=True) == torch.device("cpu")
+    assert runtime.pick_device("mps", embedded=True) == torch.device("mps")  # asked for explicitly
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert runtime.pick_device() == torch.device("cpu")  # the setting overrides either way
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cuda:1")
+    assert runtime.pick_device(embedded=True) == torch.device("cuda:1")
+    monkeypatch.delenv(runtime.DEVICE_ENV)
+
+    # A stage folder of the embedded model says so in its metadata, and loads on the CPU.
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    stage = tmp_path / "copy-of-a-stage"
+    shutil.copytree(tiny_base_dir, stage)
+    artifacts.write_metadata(stage, {"stage": "sft", "embedded": True})
+    assert is_embedded(stage) and not is_embedded(tiny_base_dir) and not is_embedded("gpt2")
+    assert load_model(stage).device == torch.device("cpu")
+
+
+def test_trl_trainers_keep_a_cpu_model_on_the_cpu():
+    from rlhf_kit import alternatives, reward, sft
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for make in (lambda d: sft.trl_arguments(sft.SFTConfig(), "out", d),
+                 lambda d: reward.trl_arguments(reward.RewardConfig(), "out", d, 8, 128),
+                 lambda d: alternatives.trl_dpo_arguments(alternatives.DPOConfig(), "out", d),
+                 lambda d: alternatives.trl_grpo_arguments(alternatives.GRPOConfig(), "out", d)):
+        assert make(cpu).use_cpu and not make(gpu).use_cpu
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped base models: installed in seconds, pretrained from scratch on demand
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_base_stage_is_installed_from_the_shipped_weights(tmp_path, monkeypatch, capsys):
+    from rlhf_kit import pretrain
+
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    folder = artifacts.ensure_stage("base")
+    assert "Installing the embedded 'base' model shipped with rlhf-kit" in capsys.readouterr().out
+    shipped = pretrain.SHIPPED / "base"
+    assert (folder / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    metadata = artifacts.read_metadata(folder)
+    assert metadata["embedded"] and metadata["installed_from"] == str(shipped)
+    assert metadata["config"] == dataclasses.asdict(pretrain.PretrainConfig())
+    assert metadata["history"][-1]["loss/train"] == metadata["final_loss"] < 0.7
+    model = load_model("embedded")
+    assert model.device == torch.device("cpu") and model.num_parameters() == metadata["parameters"]
+
+
+@pytest.mark.parametrize("stage, config", [("base", "PretrainConfig"), ("big-base", "big_base_config")])
+def test_the_shipped_models_are_the_recipe_of_today(stage, config):
+    """A change to the default recipe or the world must come with new shipped weights."""
+    from rlhf_kit import pretrain
+    from rlhf_kit.tokenizer import train_tokenizer
+    from rlhf_kit.world import World
+
+    recipe = getattr(pretrain, config)()
+    metadata = pretrain.shipped_metadata(stage)
+    assert metadata["config"] == dataclasses.asdict(recipe), (
+        f"The shipped {stage} model was made with another configuration: rebuild it with "
+        f"`ATEN_CPU_CAPABILITY=avx2 rlhf-kit build {stage} --from-scratch` and copy it into "
+        f"{pretrain.SHIPPED / stage}.")
+    documents = World(seed=recipe.seed).corpus(recipe.n_documents)
+    tokenizer = train_tokenizer(documents, vocab_size=recipe.vocab_size)
+    assert tokenizer.get_vocab() == load_tokenizer(pretrain.SHIPPED / stage).get_vocab()
+    assert len(pretrain.token_stream(tokenizer, documents)) == metadata["corpus"]["tokens"]
+
+
+def test_without_shipped_weights_the_base_is_pretrained(tmp_path, monkeypatch, tiny_pretrain):
+    from rlhf_kit import pretrain
+
+    monkeypatch.setattr(pretrain, "SHIPPED", tmp_path / "nothing-shipped")
+    metadata = pretrain.install_shipped(tmp_path / "out", "base", tiny_pretrain)
+    assert "installed_from" not in metadata and metadata["config"] == dataclasses.asdict(tiny_pretrain)
+
+
+def test_from_scratch_replaces_the_base_and_removes_the_stages_built_from_it(tmp_path, monkeypatch,
+                                                                           capsys, tiny_pretrain):
+    from rlhf_kit import pretrain
+    from rlhf_kit.cli import main
+
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    recipe = pretrain.build_base  # the recipe, on the tiny configuration (the real one takes minutes)
+    monkeypatch.setattr(pretrain, "build_base", lambda out, config=None, progress=True:
+                        {**recipe(out, tiny_pretrain, progress=False), "tiny": True})
+    for stage in ("base", "sft", "reward", "big-base"):  # stand-ins for built stages
+        artifacts.stage_dir(stage).mkdir(parents=True)
+        artifacts.write_metadata(artifacts.stage_dir(stage), {"stage": stage})
+    assert main(["build", "base", "--from-scratch"]) == 0
+    out = capsys.readouterr().out
+    assert "Removed the stages built from the old base model: sft, reward" in out
+    assert not artifacts.stage_dir("sft").exists() and not artifacts.stage_dir("reward").exists()
+    assert artifacts.is_ready("big-base")  # not built from the base: kept
+    metadata = artifacts.read_metadata(artifacts.stage_dir("base"))
+    assert metadata["tiny"] and metadata["embedded"] and "installed_from" not in metadata
+    assert main(["build", "sft", "--from-scratch"]) == 2  # only the pretrained stages
+    assert "Only base and big-base are pretrained from scratch" in capsys.readouterr().err

@@ -113,3 +113,38 @@ def test_build_base_writes_a_loadable_folder(tiny_base_dir, tiny_pretrain):
     config = json.loads((tiny_base_dir / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["n_layer"] == tiny_pretrain.n_layer
     assert read_metadata(tiny_base_dir) == {}  # metadata is written by ensure_stage, last
+
+
+# The differences allowed between the shipped base model and one pretrained again on another CPU.
+# Both are measured as lesson 1 measures them (256 replies at temperature 1 to the held-out
+# questions); two models of the same quality then differ by sampling noise alone, whose standard
+# error for a difference of two rates near p is sqrt(2·p(1−p)/256). The allowance is about three
+# of those: 0.13 for the answer rate (near 0.4), 0.10 for false statements (near 0.18), 0.07
+# for rudeness (near 0.07); and 0.03 for the final training loss.
+SAME_QUALITY = {"answer rate": 0.13, "false-statement rate": 0.10, "rudeness rate": 0.07}
+
+
+@pytest.mark.slow
+def test_the_recipe_pretrains_a_base_model_as_good_as_the_shipped_one(tmp_path, monkeypatch):
+    """`rlhf-kit build base --from-scratch` on this CPU: other weights, the same model."""
+    from rlhf_kit import artifacts, pretrain
+    from rlhf_kit.evaluate import fault_rates
+    from rlhf_kit.models import load_model
+
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    folder, _ = artifacts.pretrain_from_scratch("base", progress=False)
+    world = World(seed=0)
+    heldout = world.questions("heldout")
+
+    def lesson_1_measures(path):
+        model, tokenizer = load_model(path), load_tokenizer(path)
+        return fault_rates(model, tokenizer, world, heldout, samples_per_question=4).row()
+
+    rebuilt, shipped = lesson_1_measures(folder), lesson_1_measures(pretrain.SHIPPED / "base")
+    print("rebuilt:", rebuilt, "\nshipped:", shipped)
+    for measure, allowed in SAME_QUALITY.items():
+        assert abs(rebuilt[measure] - shipped[measure]) <= allowed, (measure, rebuilt, shipped)
+    assert 0.25 < rebuilt["answer rate"] < 0.6 and rebuilt["false-statement rate"] > 0.05  # lesson 1's faults
+    assert rebuilt["rudeness rate"] > 0
+    final_loss = read_metadata(folder)["final_loss"]
+    assert abs(final_loss - pretrain.shipped_metadata("base")["final_loss"]) < 0.03
