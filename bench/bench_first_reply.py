@@ -77,7 +77,7 @@ def main() -> None:
                                                                         "first reply", "total")}
         label = "shipped, installed" if mode == "shipped" else "pretrained from scratch"
         print(f"| {label} ({len(rounds)} rounds, median) | {median['import']:.1f} | "
-              f"{median['model ready']:.1f} | {median['first reply']:.1f} | {median['total']:.1f} |")
+              f"{median['model ready']:.1f} | {median['first reply']:.2f} | {median['total']:.1f} |")
         print(f"  the reply: {rounds[0]['reply']!r}")
 
 

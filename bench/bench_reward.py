@@ -33,7 +33,7 @@ import torch
 from rlhf_kit import reward
 from rlhf_kit.artifacts import ensure_stage, read_metadata
 from rlhf_kit.feedback import SimulatedLabeler, read_jsonl, write_jsonl
-from rlhf_kit.models import EMBEDDED, load_model, load_tokenizer
+from rlhf_kit.models import EMBEDDED, is_embedded, load_model, load_tokenizer
 from rlhf_kit.runtime import pick_device, seed_everything
 from rlhf_kit.world import World
 
@@ -57,7 +57,7 @@ def number(value) -> str:
 def sample(config: reward.RewardConfig, source: Path, world: World) -> tuple[list, float]:
     """The rankings of the default data pipeline, and the seconds it took."""
     start = time.perf_counter()
-    policy = load_model(source, device=pick_device())
+    policy = load_model(source)
     rankings = reward.simulated_rankings(policy, load_tokenizer(source), world, config)
     return rankings, time.perf_counter() - start
 
@@ -103,7 +103,7 @@ def train_and_evaluate(config: reward.RewardConfig, source: Path, world: World, 
     tokenizer = load_tokenizer(source)
     train_rows = reward.split_by_prompt(rankings, config.heldout_share, config.seed)[0]
     seed_everything(train_config.seed)
-    model = load_model(body or source, kind="reward", device=pick_device())
+    model = load_model(body or source, kind="reward")
     start = time.perf_counter()
     history = reward.train(model, tokenizer, train_rows, train_config, progress=False)
     seconds = time.perf_counter() - start
@@ -141,10 +141,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     fields = dict(item.split("=", 1) for item in args.set)
     config = reward.RewardConfig(**{k: parse_value(v) for k, v in fields.items()})
-    print(f"machine: {platform.processor() or platform.machine()}, device {pick_device()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"config: {json.dumps(dataclasses.asdict(config))}")
     source = ensure_stage("sft") if args.source == EMBEDDED else Path(args.source)
+    print(f"machine: {platform.processor() or platform.machine()}, device "
+          f"{pick_device(embedded=is_embedded(source))}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    print(f"config: {json.dumps(dataclasses.asdict(config))}")
     world = World(seed=read_metadata(source).get("seed", 0))
     results = {"config": dataclasses.asdict(config), "threads": torch.get_num_threads(), "runs": []}
     if args.rankings and Path(args.rankings).exists():

@@ -514,8 +514,7 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
     (``policy.config._name_or_path``). So ``policy`` must be a model as saved, not one changed
     in memory since; that is checked, and a mismatch raises ``ValueError``.
     """
-    from transformers.utils import logging as hf_logging
-
+    from .models import transformers_quiet
     from .tokenizer import end_of_turn_id
 
     config = config or GRPOConfig()
@@ -526,9 +525,8 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     callback = _Progress(progress, "GRPO", GRPO_KEYS)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # TRL's reload of the reference would draw a "Loading weights" bar
-    try:
+    # transformers_quiet: TRL's reload of the reference would draw a "Loading weights" bar
+    with transformers_quiet():
         with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir, _quiet():
             trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
                                           args=trl_grpo_arguments(config, output_dir, policy.device),
@@ -540,9 +538,6 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
                 trainer.train()
             finally:
                 callback.close()
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     policy.eval()
     return callback.history
 

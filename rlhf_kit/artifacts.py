@@ -59,6 +59,16 @@ def _builders() -> dict[str, Builder]:
     return builders
 
 
+def unknown_stage(stage: str) -> str:
+    """The sentence that refuses a stage name the kit does not know."""
+    return f"Unknown stage {stage!r}; the stages are: {', '.join(known_stages())}."
+
+
+def known_stages() -> list[str]:
+    """The names of the embedded model's stages, in the order they are built."""
+    return list(_builders())
+
+
 PRETRAINED = ("base", "big-base")
 """The stages that are pretrained from scratch; every other stage starts from ``base``."""
 
@@ -131,7 +141,7 @@ def ensure_stage(stage: str, verbose: bool = True) -> Path:
         return target
     builders = _builders()
     if stage not in builders:
-        raise KeyError(f"Unknown stage {stage!r}; the stages are: {', '.join(builders)}.")
+        raise KeyError(unknown_stage(stage))
     build_folder(target, builders[stage], stage, verbose, embedded=True)
     return target
 

@@ -16,6 +16,7 @@ Also here: ``new_gpt(...)``, the GPT-2-shaped architecture of the embedded model
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -123,19 +124,30 @@ def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "
     device = pick_device(embedded=is_embedded(path)) if device is None else torch.device(device)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     # transformers draws a "Loading weights" bar on stderr; for a model of a few MB it is noise.
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with transformers_quiet():
         if kind == "causal":
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device).eval()
+
+
+@contextmanager
+def transformers_quiet(warnings: bool = False):
+    """Inside the block, transformers draws no progress bars (and, with ``warnings=True``, logs no
+    warnings); its settings are restored after, even on an error."""
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if warnings:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
     finally:
+        hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-    return model.to(device).eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import count_parameters, new_gpt
+from .models import count_parameters, new_gpt, transformers_quiet
 from .runtime import NonFiniteLoss, seed_everything
 from .tokenizer import EOS, train_tokenizer
 from .world import World
@@ -186,8 +186,11 @@ def build_base(out_dir: str | Path, config: PretrainConfig | None = None,
     seed_everything(config.seed)
     model = new_gpt(len(tokenizer), config.n_layer, config.n_embd, config.n_head,
                     config.block_size, eos_token_id=tokenizer.eos_token_id)
-    history = train_pretrain(model, stream, config, progress=progress)
-    model.save_pretrained(out_dir)
+    # A window of the token stream holds <|endoftext|>, which is also the pad token, so transformers
+    # warns that the input "may be padded": it is not (every token is text). Saving draws a bar.
+    with transformers_quiet(warnings=True):
+        history = train_pretrain(model, stream, config, progress=progress)
+        model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     final = history[-1]
     return {

@@ -303,13 +303,15 @@ def test_bad_paths_give_one_sentence_and_status_2(args, complaint, tmp_path, cap
 
 
 def test_build_prints_the_folder_and_refuses_an_unknown_stage(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(artifacts, "ensure_stage", lambda stage: tmp_path / stage)
+    built = []
+    monkeypatch.setattr(artifacts, "ensure_stage", lambda stage: built.append(stage) or tmp_path / stage)
     assert main(["build"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "base")
-    monkeypatch.undo()
-    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
-    assert main(["build", "no-such-stage"]) == 2  # refused before anything is built
+    assert main(["build", "ppo", "big-base"]) == 0  # several stages, in the order given
+    assert capsys.readouterr().out.split() == [str(tmp_path / "ppo"), str(tmp_path / "big-base")]
+    assert main(["build", "sft", "no-such-stage"]) == 2  # refused before anything is built
     assert "Unknown stage 'no-such-stage'" in capsys.readouterr().err
+    assert built == ["base", "ppo", "big-base"]
 
 
 def test_a_subcommand_is_added_by_registering_a_function(monkeypatch, capsys):
