@@ -151,17 +151,23 @@ def pretrain_from_scratch(stage: str = "base", progress: bool = True) -> tuple[P
 
     Pretraining on another CPU gives other weights in the last bits, so the stages built from
     the old base no longer follow from the new one: they are removed, and rebuilt from it when
-    next asked for. Returns the stage's folder and the stages removed.
+    next asked for. The new model is built beside the old one and replaces it only when complete,
+    so an interrupted run changes nothing. Returns the stage's folder and the stages removed.
     """
     from . import pretrain
 
     if stage not in PRETRAINED:
         raise KeyError(f"Only {' and '.join(PRETRAINED)} are pretrained from scratch, not {stage!r}; "
                        f"the other stages are built from the base with `rlhf-kit build STAGE`.")
-    later = [] if stage == "big-base" else [s for s in _builders() if s not in PRETRAINED]
-    removed = [s for s in [stage, *later] if stage_dir(s).exists()]
-    for name in removed:
-        shutil.rmtree(stage_dir(name))
     build = pretrain.build_base if stage == "base" else pretrain.build_big_base
-    build_folder(stage_dir(stage), lambda out: build(out, progress=progress), stage, embedded=True)
-    return stage_dir(stage), [s for s in removed if s != stage]
+    fresh = stage_dir(stage).with_name(f"{stage}.from-scratch")
+    if fresh.exists():  # left by an interrupted run: the lock of build_folder is not held on it
+        shutil.rmtree(fresh)
+    build_folder(fresh, lambda out: build(out, progress=progress), stage, embedded=True)
+    later = [] if stage == "big-base" else [s for s in _builders() if s not in PRETRAINED]
+    removed = [s for s in later if stage_dir(s).exists()]
+    for name in [stage, *removed]:
+        if stage_dir(name).exists():
+            shutil.rmtree(stage_dir(name))
+    fresh.rename(stage_dir(stage))
+    return stage_dir(stage), removed

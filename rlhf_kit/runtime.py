@@ -64,9 +64,9 @@ def pick_device(prefer: str | None = None, embedded: bool = False) -> torch.devi
     """The device for a model: ``prefer`` if given, else ``$RLHF_KIT_DEVICE`` if set; else the CPU
     for the embedded model (``embedded=True``), and CUDA, then Apple MPS, then the CPU for others.
 
-    The embedded model has under a million parameters: its matrices are too small to keep a GPU
-    busy, so it runs faster on the CPU, deterministically, and gives the figures the lessons show.
-    A hub model is hundreds of times bigger and needs the accelerator.
+    The embedded models have one to a few million parameters: their matrices are too small to keep
+    a GPU busy, so they run faster on the CPU, deterministically, and give the figures the lessons
+    show. A hub model is a hundred times bigger or more, and needs the accelerator.
     """
     chosen = prefer or os.environ.get(DEVICE_ENV, "").strip()
     if chosen:
