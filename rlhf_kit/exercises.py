@@ -329,7 +329,8 @@ def _same_exercise(learner: nbformat.NotebookNode, exercise: Exercise,
         cell = next((c for c in nb.cells if c.get("id") == exercise.cell_id), None)
         return _first_line(cell.source) if cell is not None else None
 
-    return title(learner) is not None and title(learner) == title(solution)
+    found = title(learner)
+    return found is not None and found == title(solution)
 
 
 def merge_for_checking(learner: nbformat.NotebookNode, solution: nbformat.NotebookNode,

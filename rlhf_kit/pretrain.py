@@ -13,9 +13,9 @@ training example is a random window of ``block_size`` tokens. Reads nothing; wri
 ``base`` artifact (model + tokenizer + metadata). The package ships the result of this recipe
 for ``base`` and ``big-base`` (``rlhf_kit/data/embedded/``), and the stages are installed from it
 (``install_base``): pretraining takes minutes, and on another CPU it gives weights that differ in
-their last bits, so shipping them gives every learner the model the lessons' figures come from. Taught in
-``course/01_next_token_prediction.ipynb``; the recipe is GPT-2's (Radford et al., 2019) at a
-size a laptop can train.
+their last bits, so shipping them gives every learner the model the lessons' figures come from.
+Taught in ``course/01_next_token_prediction.ipynb``; the recipe is GPT-2's (Radford et al., 2019)
+at a size a laptop can train.
 """
 
 from __future__ import annotations
@@ -249,14 +249,14 @@ def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig) -> 
     configuration they were made with, the model is pretrained here with ``config`` instead.
     """
     folder = SHIPPED / stage
-    if not (folder / "rlhf_kit.json").exists() or shipped_metadata(stage)["config"] != asdict(config):
+    shipped = shipped_metadata(stage) if (folder / "rlhf_kit.json").exists() else {}
+    if shipped.get("config") != asdict(config):
         return build_base(out_dir, config)
     for file in folder.iterdir():
         if file.name != "rlhf_kit.json":
             shutil.copy2(file, Path(out_dir) / file.name)
-    metadata = {k: v for k, v in shipped_metadata(stage).items()
-                if k not in ("stage", "versions", "embedded")}
-    return {**metadata, "installed_from": str(folder), "built_with": shipped_metadata(stage)["versions"]}
+    metadata = {k: v for k, v in shipped.items() if k not in ("stage", "versions", "embedded")}
+    return {**metadata, "installed_from": str(folder), "built_with": shipped["versions"]}
 
 
 def install_base(out_dir: str | Path) -> dict:
