@@ -16,7 +16,8 @@ import time
 import torch
 
 from rlhf_kit import alternatives, pipeline
-from rlhf_kit.artifacts import ensure_stage, read_metadata, write_metadata
+from rlhf_kit.artifacts import read_metadata, write_metadata
+from rlhf_kit.stages import ensure_stage
 
 
 def main() -> None:

@@ -33,14 +33,14 @@ import torch
 CHILD = """
 import json, os, sys, time
 started = time.perf_counter()
-from rlhf_kit import artifacts
+from rlhf_kit import stages
 from rlhf_kit.evaluate import first_line, format_prompt
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.sampling import generate
 from rlhf_kit.world import World
 imported = time.perf_counter()
 if sys.argv[1] == "scratch":
-    artifacts.pretrain_from_scratch("base", progress=False)
+    stages.pretrain_from_scratch("base", progress=False)
 model, tokenizer = load_model("embedded"), load_tokenizer("embedded")
 loaded = time.perf_counter()
 question = World(seed=0).question_about("Alice", "town")

@@ -15,8 +15,8 @@ Each side runs ``--batches`` batches (4 per pass over the 64 prompts). The first
 warm-up; a side's figure is the median time of the others, and the kit's mean completion length
 is printed too, since a batch of longer completions costs more. The sides take turns
 ``--rounds`` times, each run in a fresh process; the result is the median of the rounds'
-kit / TRL ratios. One round is not enough: on the 2-core VM of RESULTS.md the same kit run
-took 0.48 s per batch in one run and 0.67 s in the next.
+kit / TRL ratios. One round is not enough: on the 2-core VM of bench/HISTORY.md ("PPO throughput
+against TRL 1.12") the same kit run took 0.48 s per batch in one run and 0.67 s in the next.
 
 Run: ``python bench/bench_ppo.py`` (about 4 minutes on 2 idle cores, the first time a minute
 more to install TRL 1.12). ``--side kit`` or ``--side trl`` runs one side in this process.
@@ -45,7 +45,7 @@ def workload():
     """The models, tokenizer and prompts both sides use."""
     import torch
 
-    from rlhf_kit.artifacts import ensure_stage
+    from rlhf_kit.stages import ensure_stage
     from rlhf_kit.models import load_model, load_tokenizer
     from rlhf_kit.world import World
 
@@ -93,13 +93,12 @@ def run_trl(batches: int) -> dict:
     from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from rlhf_kit.ppo import query_text
-    from rlhf_kit.tokenizer import end_of_turn_id
+    from rlhf_kit.tokenizer import chat_prompt, end_of_turn_id
 
     assert trl.__version__ == TRL_VERSION, f"TRL {trl.__version__} found, {TRL_VERSION} needed"
     policy, ref, reward, value, tokenizer, prompts = workload()
     tokenizer.padding_side = "left"  # TRL's PPO generates from left-padded queries
-    queries = [tokenizer(query_text(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
+    queries = [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
     dataset = datasets.Dataset.from_dict({"input_ids": queries})
     times: list[float] = []
     stop = end_of_turn_id(tokenizer)

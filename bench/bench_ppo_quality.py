@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from bench_reward import parse_value  # the same --set syntax (this folder is on sys.path)
-from rlhf_kit import ppo
-from rlhf_kit.artifacts import ensure_stage, read_metadata
+from rlhf_kit import ppo, reward
+from rlhf_kit.artifacts import read_metadata
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies, reply_kl, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.sampling import generate
@@ -58,7 +59,7 @@ def main() -> None:
         changes = {name: parse_value(text) for name, text in (i.split("=", 1) for i in args.set)}
         config = ppo.PPOConfig(**changes)
         ppo_dir = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
-        metadata = ppo.build_ppo(ppo_dir, config, reward_source=reward_dir, progress=True)
+        metadata = ppo.build_ppo(ppo_dir, config, sft=sft_dir, reward=reward_dir, progress=True)
         results["build_seconds"] = metadata["seconds"]
     else:
         ppo_dir = ensure_stage("ppo")
@@ -82,7 +83,7 @@ def main() -> None:
                        temperature=1.0, seed=0)
         replies[name] = [first_line(c) for c in out.completions]
         reports[name] = judge_replies(world, questions, replies[name], name)
-        scores = ppo.score_texts(reward_model, tokenizer, [q.text for q in questions], replies[name])
+        scores = reward.score(reward_model, tokenizer, [q.text for q in questions], replies[name])
         reports[name].reward_score = scores.mean().item()
         if name == "PPO":
             results["kl_to_sft_per_reply"] = reply_kl(policy, sft, tokenizer, out).mean().item()

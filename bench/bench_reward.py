@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from rlhf_kit import reward
-from rlhf_kit.artifacts import ensure_stage, read_metadata
+from rlhf_kit.artifacts import read_metadata
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.feedback import SimulatedLabeler, read_jsonl, write_jsonl
 from rlhf_kit.models import EMBEDDED, is_embedded, load_model, load_tokenizer
 from rlhf_kit.runtime import pick_device, seed_everything
@@ -84,6 +85,9 @@ class MeanScore(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.members[0].device
+
+    def get_input_embeddings(self):  # reward.score checks the ids fit the vocabulary
+        return self.members[0].get_input_embeddings()
 
     def forward(self, **inputs):
         logits = torch.stack([m(**inputs).logits for m in self.members]).mean(dim=0)

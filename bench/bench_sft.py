@@ -26,7 +26,7 @@ import time
 import torch
 
 from rlhf_kit import sft
-from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.evaluate import evaluate_chat, fault_rates
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import World

@@ -32,7 +32,7 @@ prompts, through TRL's ``GRPOTrainer``; the world's rubric is logged next to the
 score with weight 0, watched and never trained on, as in PPO.
 
 Both are stages: ``build_dpo`` and ``build_grpo`` read the ``sft`` and ``reward`` artifacts
-and write a model folder, and ``artifacts.ensure_stage("dpo")`` / ``("grpo")`` build them (and
+and write a model folder, and ``stages.ensure_stage("dpo")`` / ``("grpo")`` build them (and
 any missing predecessor) once. Taught in ``course/07_lets_chat.ipynb``, section 6.
 """
 
@@ -49,10 +49,11 @@ import datasets
 import torch
 import torch.nn.functional as F
 import trl
-from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback
 
-from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
+from . import trainers
+from .runtime import seed_everything
+from .sampling import context_length
+from .tokenizer import chat_prompt
 
 # ----------------------------------------------------------------------------------------------
 # 1. The two objectives, as small functions (lesson 7's exercises)
@@ -93,8 +94,6 @@ def reply_logprobs(model, tokenizer, prompts: list[str], replies: list[str], bat
     The prompt is read through the chat template, as the chat models read it: these are the
     numbers DPO's loss is made of.
     """
-    from .reward import chat_prompt
-
     rows = []
     for p, r in zip(prompts, replies):
         prompt_ids = tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids
@@ -203,60 +202,16 @@ def trl_dpo_arguments(config: DPOConfig, output_dir: str, device: torch.device) 
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup,  # below 1: a share of the steps
         max_length=config.max_length,
-        # TRL defaults to bf16 (slow and emulated on a CPU) and to activation checkpointing (a small
-        # model does not need the memory it saves, and pays 20 % in time).
-        bf16=preferred_dtype(device) == torch.bfloat16,
-        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
-        activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_first_step=True,
-        logging_nan_inf_filter=False,  # by default Trainer replaces a NaN loss in its logs
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,  # the kit draws its own tqdm.auto bar
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",
+        **trainers.cpu_arguments(device),
     )
 
 
-class _CheckedDPOTrainer(trl.DPOTrainer):
+class _DPOTrainer(trainers.StopOnNonFinite, trl.DPOTrainer):
     """TRL's DPOTrainer that stops at the first non-finite loss, before ``backward``."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if return_outputs else result
-        if model.training and not torch.isfinite(loss):
-            raise NonFiniteLoss(f"The DPO loss became {loss.item()} at step {self.state.global_step + 1}: "
-                                "lower the learning rate or raise beta, and train again.")
-        return result
-
-
-class _Progress(TrainerCallback):
-    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
-
-    def __init__(self, progress: bool, description: str, keys: dict[str, str]):
-        self.progress, self.description, self.keys = progress, description, keys
-        self.history, self.bar, self.start = [], None, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.description, disable=not self.progress)
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(1)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "loss" in logs:
-            entry = {"step": state.global_step, "loss/train": logs["loss"], "lr": logs.get("learning_rate"),
-                     "seconds": time.perf_counter() - self.start}
-            entry.update({ours: logs[theirs] for ours, theirs in self.keys.items() if theirs in logs})
-            self.history.append(entry)
-            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+    non_finite = "The DPO loss became {loss} at step {step}: lower the learning rate or raise beta, and train again."
 
 
 DPO_KEYS = {"dpo/accuracy": "rewards/accuracies", "dpo/margin": "rewards/margins",
@@ -264,30 +219,22 @@ DPO_KEYS = {"dpo/accuracy": "rewards/accuracies", "dpo/margin": "rewards/margins
 """Our history's names for TRL's DPO logs (the implicit rewards β·log π/π_ref of the batch)."""
 
 
-def _quiet():
-    from .sft import _quiet_datasets
-
-    return _quiet_datasets()
-
-
 def make_dpo_trainer(model, ref_model, tokenizer, rows: list[dict], config: DPOConfig, output_dir: str,
                      progress: bool = True) -> trl.DPOTrainer:
     """A ``DPOTrainer`` ready to ``train()``, its pairs tokenized (see ``train_dpo``).
 
     TRL renders each pair through the chat template: ``prompt_ids`` are the user turn and the
-    assistant's tag, exactly what ``reward.chat_prompt`` gives the model when it answers, and
+    assistant's tag, exactly what ``tokenizer.chat_prompt`` gives the model when it answers, and
     ``chosen_ids``/``rejected_ids`` are the reply and its ``<|end|>`` (no EOS is added to a
     conversation), so DPO trains on the tokens the model writes.
     """
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model)
     if context and config.max_length > context:
         config = DPOConfig(**{**asdict(config), "max_length": context})
-    with _quiet():
-        trainer = _CheckedDPOTrainer(model=model, ref_model=ref_model,
-                                     args=trl_dpo_arguments(config, output_dir, model.device),
-                                     train_dataset=to_dpo_dataset(rows), processing_class=tokenizer,
-                                     callbacks=[_Progress(progress, "DPO", DPO_KEYS)])
-    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    trainer = trainers.make(_DPOTrainer, trainers.Progress(progress, "DPO", trainers.renamed(DPO_KEYS)),
+                            model=model, ref_model=ref_model,
+                            args=trl_dpo_arguments(config, output_dir, model.device),
+                            train_dataset=to_dpo_dataset(rows), processing_class=tokenizer)
     if len(trainer.train_dataset) != len(rows):  # TRL drops a pair whose prompt fills max_length
         raise ValueError(f"{len(rows)} pairs went into TRL's DPOTrainer and it kept {len(trainer.train_dataset)}: "
                          "raise max_length or shorten the prompts.")
@@ -311,14 +258,9 @@ def train_dpo(model, ref_model, tokenizer, rows: list[dict], config: DPOConfig |
         parameter.requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="rlhf-kit-dpo-") as output_dir:
         trainer = make_dpo_trainer(model, ref_model, tokenizer, rows, config, output_dir, progress)
-        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
-        try:
-            with _quiet():
-                trainer.train()
-        finally:
-            callback.close()
+        history = trainers.train(trainer)
     model.eval()
-    return callback.history
+    return history
 
 
 def implicit_accuracy(model, ref_model, tokenizer, rows: list[dict], beta: float) -> float:
@@ -331,20 +273,18 @@ def implicit_accuracy(model, ref_model, tokenizer, rows: list[dict], beta: float
     return ((beta * chosen > beta * rejected).float().mean().item()) if rows else float("nan")
 
 
-def build_dpo(out_dir: str | Path, config: DPOConfig | None = None, source: str | Path = "embedded",
-              reward_source: str | Path = "embedded", progress: bool = True) -> dict:
+def build_dpo(out_dir: str | Path, config: DPOConfig | None = None, *, sft: str | Path,
+              reward: str | Path, progress: bool = True) -> dict:
     """SFT model + the reward stage's pairs -> DPO -> ``save_pretrained``. Returns the metadata.
 
-    ``source`` gives the policy and the reference (``"embedded"``: the ``sft`` stage);
-    ``reward_source`` the reward stage whose rankings DPO learns from (it is not otherwise used).
+    ``sft`` is the folder of the SFT model, the policy's start and the reference; ``reward`` the
+    reward stage's folder, whose rankings DPO learns from (the reward model is not otherwise used).
     """
-    from .artifacts import ensure_stage
     from .models import load_model, load_tokenizer
 
     config = config or DPOConfig()
-    sft_dir = ensure_stage("sft") if str(source) == "embedded" else source
-    reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
-    started = time.perf_counter()  # this stage only: a missing predecessor is built first
+    sft_dir, reward_dir = sft, reward
+    started = time.perf_counter()
     train, heldout = preference_pairs(sft_dir, reward_dir)
     sampled_seconds = time.perf_counter() - started
     tokenizer = load_tokenizer(sft_dir)
@@ -416,19 +356,11 @@ def trl_grpo_arguments(config: GRPOConfig, output_dir: str, device: torch.device
         learning_rate=config.lr,
         lr_scheduler_type="constant",
         reward_weights=[1.0, 0.0],  # the reward model trains; the rubric is only watched
-        bf16=preferred_dtype(device) == torch.bfloat16,
-        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
-        activation_checkpointing=False,
         # TRL's GRPO keeps dropout on by default (its DPO turns it off): with dropout the log-probs
         # of training and of sampling differ, and the ratio and the KL measure noise. PPO has none.
         disable_dropout=True,
         logging_steps=config.log_every,
-        logging_nan_inf_filter=False,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",
+        **trainers.cpu_arguments(device),
     )
 
 
@@ -440,12 +372,12 @@ def _texts(prompts, completions) -> tuple[list[str], list[str]]:
 
 
 def reward_model_reward(reward_model, reward_tokenizer):
-    """GRPO's reward function: the reward model's score of each reply (``ppo.score_texts``)."""
-    from .ppo import score_texts
+    """GRPO's reward function: the reward model's score of each reply (``reward.score``)."""
+    from .reward import score
 
     def reward_model_score(prompts, completions, **_):
         questions, replies = _texts(prompts, completions)
-        return score_texts(reward_model, reward_tokenizer, questions, replies).tolist()
+        return score(reward_model, reward_tokenizer, questions, replies).tolist()
 
     return reward_model_score
 
@@ -494,15 +426,11 @@ def checked_reward(fn):
     return reward
 
 
-class _CheckedGRPOTrainer(trl.GRPOTrainer):
+class _GRPOTrainer(trainers.StopOnNonFinite, trl.GRPOTrainer):
     """TRL's GRPOTrainer that stops at the first non-finite loss, before ``backward``."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"The GRPO loss became {loss.item()} at step {self.state.global_step + 1}: "
-                                "check the reward function's scores, lower the learning rate, and train again.")
-        return loss
+    non_finite = ("The GRPO loss became {loss} at step {step}: check the reward function's scores, lower "
+                  "the learning rate, and train again.")
 
 
 def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
@@ -524,22 +452,17 @@ def train_grpo(policy, tokenizer, prompts: list[str], reward_funcs: list,
     policy.generation_config.eos_token_id = sorted(set(stops))
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
     dataset = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
-    callback = _Progress(progress, "GRPO", GRPO_KEYS)
     # transformers_quiet: TRL's reload of the reference would draw a "Loading weights" bar
     with transformers_quiet():
-        with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir, _quiet():
-            trainer = _CheckedGRPOTrainer(model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
-                                          args=trl_grpo_arguments(config, output_dir, policy.device),
-                                          train_dataset=dataset, processing_class=tokenizer,
-                                          callbacks=[callback])
-            trainer.remove_callback(PrinterCallback)
+        with tempfile.TemporaryDirectory(prefix="rlhf-kit-grpo-") as output_dir:
+            trainer = trainers.make(_GRPOTrainer, trainers.Progress(progress, "GRPO", trainers.renamed(GRPO_KEYS)),
+                                    model=policy, reward_funcs=[checked_reward(f) for f in reward_funcs],
+                                    args=trl_grpo_arguments(config, output_dir, policy.device),
+                                    train_dataset=dataset, processing_class=tokenizer)
             _check_reference(trainer.ref_model, policy)
-            try:
-                trainer.train()
-            finally:
-                callback.close()
+            history = trainers.train(trainer)
     policy.eval()
-    return callback.history
+    return history
 
 
 def _check_reference(ref_model, policy) -> None:
@@ -554,19 +477,20 @@ def _check_reference(ref_model, policy) -> None:
                              "that folder, so that the reference is the policy as training starts.")
 
 
-def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, policy_source: str | Path = "embedded",
-               reward_source: str | Path = "embedded", progress: bool = True) -> dict:
+def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, *, sft: str | Path,
+               reward: str | Path, progress: bool = True) -> dict:
     """SFT model + reward model -> GRPO on the world's ``feedback`` questions -> ``save_pretrained``.
 
-    The same questions as the ``ppo`` stage: those whose replies the reward model learned from.
+    ``sft`` is the folder of the SFT model (the policy's start, and the reference) and ``reward``
+    that of the reward model. The same questions as the ``ppo`` stage: those whose replies the
+    reward model learned from.
     """
-    from .artifacts import ensure_stage, read_metadata
+    from .artifacts import read_metadata
     from .models import load_model, load_tokenizer
     from .world import World
 
     config = config or GRPOConfig()
-    policy_dir = ensure_stage("sft") if str(policy_source) == "embedded" else policy_source
-    reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
+    policy_dir, reward_dir = sft, reward
     started = time.perf_counter()
     world = World(seed=read_metadata(policy_dir).get("seed", 0))
     prompts = [q.text for q in world.questions("feedback")]

@@ -1,4 +1,4 @@
-"""Artifacts: where each stage's output lives, and how a missing one is rebuilt.
+"""Artifacts: where each stage's output lives, and how a folder is written safely.
 
 Each stage of the course writes one folder under ``artifacts_home()`` (``~/.cache/rlhf-kit``,
 or ``$RLHF_KIT_HOME``)::
@@ -8,19 +8,17 @@ or ``$RLHF_KIT_HOME``)::
     embedded-v4/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
 The two pretrained stages, ``base`` and ``big-base``, are installed from the weights the package
-ships (``rlhf_kit/data/embedded/``, made by the same recipe; ``pretrain.install_base``), so a
-learner's first reply comes in seconds; ``pretrain_from_scratch`` (``rlhf-kit build base
---from-scratch``) runs the recipe instead.
+ships (``SHIPPED``, made by the same recipe), so a learner's first reply comes in seconds. Which
+stage is built from which, and how, is the table in ``stages.py``; this module only knows folders.
 
 A folder holds what ``save_pretrained`` writes plus ``rlhf_kit.json``, a small metadata file
 (configuration, seed, data size, final loss, package versions). A folder counts as ready only
 when that file exists: it is written last.
 
-``ensure_stage(stage)`` returns the folder of a stage, building it with the default
-configuration when it is missing. Building is safe when two processes (two notebooks, or two
-test workers) ask at once: the first takes a file lock and builds into a temporary folder that
-is renamed into place when complete; the second waits for the lock and then finds the folder.
-A kernel killed half-way leaves only a temporary folder, never a half-written stage.
+``build_folder`` writes one folder. It is safe when two processes (two notebooks, or two test
+workers) ask at once: the first takes a file lock and builds into a temporary folder that is
+renamed into place when complete; the second waits for the lock and then finds the folder. A
+kernel killed half-way leaves only a temporary folder, never a half-written stage.
 """
 
 from __future__ import annotations
@@ -40,37 +38,13 @@ FORMAT = "embedded-v4"
 
 METADATA = "rlhf_kit.json"
 
-# stage -> function(out_dir: Path) -> dict of metadata. Stage modules register themselves lazily
-# (see _builders) so that importing artifacts does not import every stage.
-Builder = Callable[[Path], dict]
+SHIPPED = Path(__file__).parent / "data" / "embedded"
+"""The ``base`` and ``big-base`` models as ``pretrain.build_base`` made them with the default
+configurations, one folder each, with the metadata of their build (``rlhf_kit.json``)."""
 
 
-def _builders() -> dict[str, Builder]:
-    from . import alternatives, ppo, pretrain, reward, sft
-
-    # The two pretrained models are installed from the weights the package ships (seconds);
-    # ``pretrain_from_scratch`` runs the recipe instead (minutes).
-    builders: dict[str, Builder] = {"base": pretrain.install_base, "sft": sft.build_sft,
-                                    "reward": reward.build_reward}
-    builders["ppo"] = ppo.build_ppo
-    builders["dpo"] = alternatives.build_dpo  # lesson 7: after PPO, on the same data
-    builders["grpo"] = alternatives.build_grpo
-    builders["big-base"] = pretrain.install_big_base  # lesson 7: four times the base model's size
-    return builders
-
-
-def unknown_stage(stage: str) -> str:
-    """The sentence that refuses a stage name the kit does not know."""
-    return f"Unknown stage {stage!r}; the stages are: {', '.join(known_stages())}."
-
-
-def known_stages() -> list[str]:
-    """The names of the embedded model's stages, in the order they are built."""
-    return list(_builders())
-
-
-PRETRAINED = ("base", "big-base")
-"""The stages that are pretrained from scratch; every other stage starts from ``base``."""
+class StageNotBuilt(FileNotFoundError):
+    """An embedded stage asked for by ``load_model`` that is not built yet."""
 
 
 def embedded_home() -> Path:
@@ -101,12 +75,13 @@ def write_metadata(path: str | Path, metadata: dict) -> None:
 
 
 def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
-                 verbose: bool = False, embedded: bool = False) -> bool:
+                 verbose: bool = False, embedded: bool = False, shipped: bool = False) -> bool:
     """Write ``target`` with ``build(tmp) -> metadata`` unless it is complete; True if it built.
 
     The work goes into a temporary folder next to ``target``, renamed into place when the
     metadata is written, under a file lock: two processes asking at once build it once, and an
-    interrupted build leaves no half-written folder behind.
+    interrupted build leaves no half-written folder behind. ``shipped`` says, when ``verbose``,
+    that the stage is installed from the package rather than built.
     """
     target = Path(target)
     if (target / METADATA).exists():
@@ -115,7 +90,7 @@ def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
     with FileLock(str(target) + ".lock"):
         if (target / METADATA).exists():  # another process built it while we waited for the lock
             return False
-        if verbose and stage in PRETRAINED:
+        if verbose and shipped:
             print(f"Installing the embedded '{stage}' model shipped with rlhf-kit (once, into {target}).")
         elif verbose:
             print(f"The embedded '{stage}' model is not built yet: building it now "
@@ -134,40 +109,16 @@ def build_folder(target: str | Path, build: Callable[[Path], dict], stage: str,
     return True
 
 
-def ensure_stage(stage: str, verbose: bool = True) -> Path:
-    """The folder of ``stage``, built with the default configuration if it is missing."""
-    target = stage_dir(stage)
-    if is_ready(stage):
-        return target
-    builders = _builders()
-    if stage not in builders:
-        raise KeyError(unknown_stage(stage))
-    build_folder(target, builders[stage], stage, verbose, embedded=True)
-    return target
+def embedded_folder(stage: str) -> Path:
+    """The folder ``models.load_model`` reads for an embedded stage; nothing is built here.
 
-
-def pretrain_from_scratch(stage: str = "base", progress: bool = True) -> tuple[Path, list[str]]:
-    """Pretrain ``base`` or ``big-base`` with the kit's recipe, in place of the shipped weights.
-
-    Pretraining on another CPU gives other weights in the last bits, so the stages built from
-    the old base no longer follow from the new one: they are removed, and rebuilt from it when
-    next asked for. The new model is built beside the old one and replaces it only when complete,
-    so an interrupted run changes nothing. Returns the stage's folder and the stages removed.
+    A built stage is read from the artifacts home. A shipped one (``base``, ``big-base``) that is
+    not installed yet is read from the package itself. Any other raises ``StageNotBuilt``, whose
+    sentence names the command that builds it.
     """
-    from . import pretrain
-
-    if stage not in PRETRAINED:
-        raise KeyError(f"Only {' and '.join(PRETRAINED)} are pretrained from scratch, not {stage!r}; "
-                       f"the other stages are built from the base with `rlhf-kit build STAGE`.")
-    build = pretrain.build_base if stage == "base" else pretrain.build_big_base
-    fresh = stage_dir(stage).with_name(f"{stage}.from-scratch")
-    if fresh.exists():  # left by an interrupted run: the lock of build_folder is not held on it
-        shutil.rmtree(fresh)
-    build_folder(fresh, lambda out: build(out, progress=progress), stage, embedded=True)
-    later = [] if stage == "big-base" else [s for s in _builders() if s not in PRETRAINED]
-    removed = [s for s in later if stage_dir(s).exists()]
-    for name in [stage, *removed]:
-        if stage_dir(name).exists():
-            shutil.rmtree(stage_dir(name))
-    fresh.rename(stage_dir(stage))
-    return stage_dir(stage), removed
+    if is_ready(stage):
+        return stage_dir(stage)
+    if (SHIPPED / stage / METADATA).exists():
+        return SHIPPED / stage
+    raise StageNotBuilt(f"The embedded {stage!r} stage is not built yet: build it with `rlhf-kit build "
+                        f"{stage}` in a terminal, or with `ensure_stage({stage!r})` from rlhf_kit.stages.")

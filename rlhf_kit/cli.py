@@ -81,9 +81,9 @@ class UsageError(Exception):
                        "installing the shipped weights (about 3 and 6.5 minutes on 2 cores); the "
                        "stages built from the old base are removed, to be rebuilt from the new one"))
 def build(args: argparse.Namespace) -> int:
-    from .artifacts import ensure_stage, known_stages, pretrain_from_scratch, unknown_stage
+    from .stages import STAGES, ensure_stage, pretrain_from_scratch, unknown_stage
 
-    unknown = [stage for stage in args.stages if stage not in known_stages()]
+    unknown = [stage for stage in args.stages if stage not in STAGES]
     if unknown:  # refused before anything is built
         raise UsageError(unknown_stage(unknown[0]))
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .evaluate import wilson_interval
+from .evaluate import wilson_interval, win_share
 from .feedback import ComparisonItem, RankingStore, SimulatedLabeler
 
 
@@ -56,7 +56,7 @@ class WinRate:
 
     @property
     def rate(self) -> float:
-        return (self.wins + 0.5 * self.ties) / self.n if self.n else float("nan")
+        return win_share(self.wins, self.ties, self.losses)
 
     @property
     def interval(self) -> tuple[float, float]:

@@ -21,21 +21,20 @@ from dataclasses import dataclass
 import torch
 
 from .sampling import Generation, context_length, generate
-from .tokenizer import end_of_turn_id
+from .tokenizer import chat_prompt, end_of_turn_id
 from .world import Judgement, Question, World
 
 PLAIN, CHAT = "plain", "chat"
 
 
 def format_prompt(question: Question | str, tokenizer=None, style: str = PLAIN) -> str:
-    """The prompt a model sees for a question: plain text, or a chat turn with the template."""
+    """The prompt a model sees for a question: plain text, or its chat turn (``tokenizer.chat_prompt``)."""
     text = question.text if isinstance(question, Question) else question
     if style == PLAIN:
         # A document starts after <|endoftext|>: with it the model knows the question opens a page.
         return (getattr(tokenizer, "bos_token", None) or "") + text + "\n"
     if style == CHAT:
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        return chat_prompt(tokenizer, text)
     raise ValueError(f"style must be {PLAIN!r} or {CHAT!r}, not {style!r}.")
 
 
@@ -52,6 +51,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def win_share(wins: int, ties: int, losses: int) -> float:
+    """Share of pairs won, a tie counting as half a win, as InstructGPT counted its win rates
+    (0.5: no better, no worse); NaN when there are no pairs."""
+    n = wins + ties + losses
+    return (wins + 0.5 * ties) / n if n else float("nan")
 
 
 def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
@@ -205,8 +211,8 @@ class Preference:
 
     @property
     def rate(self) -> float:
-        """Share of pairs A wins, a tie counting half (0.5: no preference)."""
-        return (self.wins + 0.5 * self.ties) / self.n if self.n else 0.5
+        """Share of pairs A wins, a tie counting half (0.5: no preference, or no pairs)."""
+        return win_share(self.wins, self.ties, self.losses) if self.n else 0.5
 
     @property
     def win_rate(self) -> float:

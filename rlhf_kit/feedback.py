@@ -1147,20 +1147,6 @@ def calibration_sets(world: World) -> list[Item]:
     return template_items(world, "feedback", k=4, sets_per_question=20)
 
 
-def win_rates(comparisons: Iterable[Comparison]) -> dict[str, dict[str, float]]:
-    """For each model: wins, ties, losses and win rate (ties count half) over blind comparisons."""
-    table: dict[str, dict[str, float]] = {}
-    for c in comparisons:
-        for side, model in enumerate(c.models):
-            row = table.setdefault(model, {"wins": 0, "ties": 0, "losses": 0})
-            outcome = "ties" if c.winner is None else ("wins" if c.winner == side else "losses")
-            row[outcome] += 1
-    for row in table.values():
-        n = row["wins"] + row["ties"] + row["losses"]
-        row["win_rate"] = (row["wins"] + 0.5 * row["ties"]) / n
-    return table
-
-
 # ----------------------------------------------------------------------------------------------
 # 5. Example completions and rankings
 # ----------------------------------------------------------------------------------------------

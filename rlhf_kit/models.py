@@ -2,8 +2,8 @@
 
 The course never cares where a model came from. ``load_model(source)`` takes
 
-* ``"embedded"`` - the kit's own small GPT, pretrained on the toy world (built on first use and
-  cached; see ``artifacts.py``),
+* ``"embedded"`` - the kit's own small GPT, pretrained on the toy world, or with ``stage=`` one
+  of its later stages (``stages.py`` builds them; this module only loads),
 * a local folder written by ``save_pretrained`` (a stage artifact, or any saved model), or
 * a Hugging Face hub id such as ``"gpt2"`` or ``"HuggingFaceTB/SmolLM2-135M"``,
 
@@ -31,6 +31,7 @@ from transformers import (
 
 from transformers.utils import logging as hf_logging
 
+from .artifacts import SHIPPED, embedded_folder, embedded_home, read_metadata
 from .runtime import pick_device
 
 EMBEDDED = "embedded"
@@ -66,13 +67,13 @@ def new_gpt(vocab_size: int, n_layer: int = 4, n_embd: int = 256, n_head: int = 
 def resolve(source: str | Path, stage: str = "base") -> str:
     """Turn a model source into what ``from_pretrained`` accepts: a folder path or a hub id.
 
-    ``"embedded"`` becomes the folder of the embedded model's ``stage`` (built if missing).
+    ``"embedded"`` becomes the folder of the embedded model's ``stage``. Nothing is built here:
+    a stage that is not built yet raises ``artifacts.StageNotBuilt``, whose sentence names the
+    command that builds it (``stages.ensure_stage`` builds it from a notebook).
     """
     source = str(source)
     if source == EMBEDDED:
-        from .artifacts import ensure_stage  # lazy: artifacts builds stages, which load models
-
-        return str(ensure_stage(stage))
+        return str(embedded_folder(stage))
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -89,15 +90,14 @@ def resolve(source: str | Path, stage: str = "base") -> str:
 def is_embedded(path: str | Path) -> bool:
     """Whether a model folder holds the kit's embedded model or a stage built from it.
 
-    Such a folder says so in its metadata (``artifacts.ensure_stage`` writes it), or lies among
-    the embedded stages; a hub id, or any other folder, is not.
+    Such a folder says so in its metadata (``stages.ensure_stage`` writes it), or lies among the
+    embedded stages or the shipped models; a hub id, or any other folder, is not.
     """
-    from .artifacts import embedded_home, read_metadata  # lazy: artifacts builds stages
-
     path = Path(path)
     if not path.is_dir():
         return False
-    return bool(read_metadata(path).get("embedded")) or path.resolve().parent == embedded_home().resolve()
+    return (bool(read_metadata(path).get("embedded"))
+            or path.resolve().parent in (embedded_home().resolve(), SHIPPED.resolve()))
 
 
 def load_tokenizer(source: str | Path = EMBEDDED, stage: str = "base"):

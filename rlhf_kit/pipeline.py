@@ -34,19 +34,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .artifacts import build_folder, ensure_stage, is_ready, read_metadata, stage_dir
+from .artifacts import build_folder, is_ready, read_metadata, stage_dir
 from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies, mean_interval
 from .models import EMBEDDED, load_model, load_tokenizer
-from .ppo import score_texts
+from .reward import score
 from .sampling import generate
+from .stages import RECIPE, build_stage, ensure_stage
 from .world import World
-
-STAGES = ("base", "sft", "reward", "ppo", "dpo", "grpo")
-
 
 @dataclass
 class StageRun:
@@ -58,34 +55,13 @@ class StageRun:
     seconds: float
 
 
-def _builder(stage: str, model: str, folders: dict[str, Path], configs: dict, progress: bool
-             ) -> Callable[[Path], dict]:
-    """The function that writes ``stage`` into a folder, reading its predecessors' folders."""
-    from . import alternatives, ppo, reward, sft
-
-    if stage == "sft":
-        return lambda out: sft.build_sft(out, configs.get("sft"), base=model, progress=progress)
-    if stage == "reward":
-        return lambda out: reward.build_reward(out, configs.get("reward"), source=folders["sft"],
-                                               progress=progress)
-    if stage == "ppo":
-        return lambda out: ppo.build_ppo(out, configs.get("ppo"), policy_source=folders["sft"],
-                                         reward_source=folders["reward"], progress=progress)
-    if stage == "dpo":
-        return lambda out: alternatives.build_dpo(out, configs.get("dpo"), source=folders["sft"],
-                                                  reward_source=folders["reward"], progress=progress)
-    if stage == "grpo":
-        return lambda out: alternatives.build_grpo(out, configs.get("grpo"), policy_source=folders["sft"],
-                                                   reward_source=folders["reward"], progress=progress)
-    raise ValueError(f"Unknown stage {stage!r}; the stages are: {', '.join(STAGES)}.")
-
-
 def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: dict | None = None,
                progress: bool = True) -> list[StageRun]:
     """Every stage, in order, each built only if its folder is missing.
 
-    ``model="embedded"`` uses the kit's cached stages (``artifacts.ensure_stage``, default
-    configurations). Any other model (a hub id or a folder) is the base; its later stages are
+    The stages are ``stages.RECIPE``, each built from the folders of those it needs (the table in
+    ``stages.py``). ``model="embedded"`` uses the kit's cached stages (``stages.ensure_stage``,
+    default configurations). Any other model (a hub id or a folder) is the base; its later stages are
     built into ``out/stages/`` with ``configs`` (``{"sft": SFTConfig(...), ...}``; missing: defaults).
     """
     configs = configs or {}
@@ -94,7 +70,7 @@ def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: di
                          "for its stages.")
     runs: list[StageRun] = []
     folders: dict[str, Path] = {}
-    for stage in STAGES:
+    for stage in RECIPE:
         started = time.perf_counter()
         if model == EMBEDDED:
             if configs.get(stage) is not None:
@@ -106,7 +82,8 @@ def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: di
             built, folder = False, model
         else:
             folder = Path(out) / "stages" / stage
-            built = build_folder(folder, _builder(stage, model, folders, configs, progress), stage)
+            built = build_folder(folder, lambda tmp: build_stage(stage, tmp, folders, configs.get(stage),
+                                                                 progress), stage)
         folders[stage] = folder
         runs.append(StageRun(stage, str(folder), built, time.perf_counter() - started))
         if progress:
@@ -127,7 +104,7 @@ def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, questions, n: i
     out = generate(policy, tokenizer, [format_prompt(q, tokenizer, CHAT) for q in asked],
                    max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
     replies = [first_line(c) for c in out.completions]
-    scores = score_texts(reward_model, reward_tokenizer, [q.text for q in asked], replies).tolist()
+    scores = score(reward_model, reward_tokenizer, [q.text for q in asked], replies).tolist()
     best, best_scores = [], []
     for i in range(0, len(asked), n):
         j = max(range(i, i + n), key=lambda k: scores[k])
@@ -171,7 +148,7 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
                        max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
         replies = [first_line(c) for c in out.completions]
         add(judge_replies(world, questions, replies, name),
-            score_texts(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist(), stage)
+            score(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist(), stage)
         if stage == "sft":  # best-of-n: the SFT model, n tries, the reward model picks
             replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer,
                                         questions, n, max_new_tokens, seed + 1)
@@ -265,7 +242,7 @@ def run(out: str | Path = "rlhf-kit-report", model: str = EMBEDDED, configs: dic
     runs = run_stages(model, out, configs, progress)
     folders = {r.stage: r.folder for r in runs}
     if model == EMBEDDED:  # the report folder holds its models too
-        for stage in STAGES:
+        for stage in RECIPE:
             shutil.copytree(stage_dir(stage), out / "stages" / stage, dirs_exist_ok=True)
     evaluated = time.perf_counter()
     rows = scoreboard(folders, samples_per_question)

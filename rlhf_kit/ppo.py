@@ -59,9 +59,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .reward import score  # section 5
 from .runtime import NonFiniteLoss  # a loss, KL, value or advantage became NaN or infinite
-from .sampling import generate
-from .tokenizer import end_of_turn_id
+from .sampling import context_length, generate
+from .tokenizer import chat_prompt, end_of_turn_id  # section 5
 
 
 @dataclass
@@ -277,69 +278,11 @@ class AdaptiveKLController:
 # ----------------------------------------------------------------------------------------------
 # 5. Texts to tokens: what the policy reads, what the reward model reads
 # ----------------------------------------------------------------------------------------------
-
-
-def query_text(tokenizer, prompt: str) -> str:
-    """What the policy continues for ``prompt``: its user turn and the assistant's tag when the
-    tokenizer has a chat template, else the prompt and a line break (as in the reward stage)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + "\n"
-
-
-def reward_inputs(tokenizer, prompt: str, completion: str) -> list[int]:
-    """The ids a reward model reads for one completion, exactly as the reward stage trained it.
-
-    With a chat template: the user turn then the assistant turn. Without: the prompt, a line
-    break, the completion and EOS. Goes through text, so the reward model may have its own
-    tokenizer. (Must equal ``rlhf_kit.reward.encode``; a test checks it.)
-    """
-    if tokenizer.chat_template:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
-    text = prompt + "\n" + completion
-    if not text.endswith(tokenizer.eos_token):
-        text += tokenizer.eos_token
-    return list(tokenizer(text=text)["input_ids"])
-
-
-def model_context(model) -> int | None:
-    """How many tokens the model can read at once (None when its config does not say)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
-@torch.no_grad()
-def score_texts(reward_model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                batch_size: int = 64) -> torch.Tensor:
-    """The reward model's score of each (prompt, completion), shape (N,), float32 on the CPU.
-
-    Sequences are right-padded; the head reads the last token that is not padding. A sequence
-    longer than the model's context keeps its end, where the score is read.
-    """
-    context = model_context(reward_model)
-    vocab = reward_model.get_input_embeddings().num_embeddings
-    ids = [reward_inputs(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    if context:
-        ids = [x[-context:] for x in ids]
-    if max(max(x) for x in ids) >= vocab:
-        raise ValueError("The reward model's vocabulary is smaller than its tokenizer's: pass the "
-                         "reward model's own tokenizer as reward_tokenizer.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scores = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        width = max(len(x) for x in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, x in enumerate(chunk):
-            input_ids[row, : len(x)] = torch.tensor(x)
-            attention_mask[row, : len(x)] = 1
-        out = reward_model(input_ids=input_ids.to(reward_model.device),
-                           attention_mask=attention_mask.to(reward_model.device), use_cache=False)
-        scores.append(out.logits[:, 0].float().cpu())  # (n,): one label, one score
-    return torch.cat(scores)
+#
+# ``tokenizer.chat_prompt``: what the policy continues, the prompt's user turn and the assistant's
+# tag. ``reward.score``: the reward model reads the prompt and the completion as the reward stage
+# trained it to (``reward.encode``), through its own tokenizer, and scores them. Both are imported
+# above.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,7 +460,7 @@ def adamw(parameters, lr: float, device: torch.device) -> torch.optim.AdamW:
 
     With ``train="all"`` the fused step updates all 105 tensors of the embedded policy and value
     model at once instead of one by one: 7 to 18 ms instead of 51 to 57 ms on 2 CPU cores, a fifth
-    of a PPO batch (session 3).
+    of a PPO batch (``bench/HISTORY.md``, "PPO throughput against TRL 1.12").
     """
     fused = torch.device(device).type in ("cpu", "cuda")
     return torch.optim.AdamW(parameters, lr=lr, eps=1e-5, weight_decay=0.0, fused=fused or None)
@@ -546,7 +489,7 @@ def trained_weights(policy, train: str) -> list[torch.nn.Parameter]:
 
     ``"all"`` is ordinary fine-tuning. ``"final-norm"`` trains only ``final_norm(policy)``: a small
     model with all its weights free learns a separate answer for each prompt it practises on
-    (session 6 of bench/RESULTS.md); held to one vector shared by every prompt, it can only learn a
+    (``bench/HISTORY.md``, "recipes for PPO"); held to one vector shared by every prompt, it can only learn a
     habit, and a habit carries over to prompts it never saw.
     """
     if train not in TRAIN_CHOICES:
@@ -575,7 +518,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     """Optimise ``policy`` against the reward with PPO; returns the history (one dict per batch).
 
     ``prompts`` are user prompts (``"Where does Alice live?"``); the policy reads them through its
-    chat template (``query_text``). The reward is ``reward_model``, a sequence-classification
+    chat template (``tokenizer.chat_prompt``). The reward is ``reward_model``, a sequence-classification
     model reading (prompt, completion) through ``reward_tokenizer`` (default: ``tokenizer``), or
     ``reward_fn(prompts, completions) -> scores``, a plain function of texts (then pass
     ``reward_model=None``). ``watch_fn(prompts, completions) -> numbers`` is only watched, never
@@ -607,8 +550,8 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     if _vocab(ref_policy) != _vocab(policy) or _vocab(value_model) < len(tokenizer):
         raise ValueError("policy, ref_policy and value_model must read the same tokens: load all "
                          "three from the same model family as the tokenizer.")
-    context = model_context(policy)
-    longest = max(len(tokenizer(query_text(tokenizer, p), add_special_tokens=False).input_ids)
+    context = context_length(policy)
+    longest = max(len(tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids)
                   for p in prompts)
     if context and longest + config.max_new_tokens > context:
         raise ValueError(f"A prompt of {longest} tokens plus max_new_tokens={config.max_new_tokens} "
@@ -656,7 +599,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         chosen = prompt_indices(len(prompts), batch, global_batch, config.seed)
         mine = chosen[accelerator.process_index * config.batch_size :][: config.batch_size]
         batch_prompts = [prompts[i] for i in mine]
-        queries = [query_text(tokenizer, p) for p in batch_prompts]
+        queries = [chat_prompt(tokenizer, p) for p in batch_prompts]
         out = generate(unwrapped.policy, tokenizer, queries, max_new_tokens=config.max_new_tokens,
                        temperature=config.temperature,
                        seed=_seed(config.seed, batch, accelerator.process_index),
@@ -673,7 +616,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
         if reward_fn is not None:
             scores = torch.as_tensor(list(reward_fn(batch_prompts, completions)), dtype=torch.float32)
         else:
-            scores = score_texts(reward_model, reward_tokenizer, batch_prompts, completions)
+            scores = score(reward_model, reward_tokenizer, batch_prompts, completions)
         scores = scores.to(device)  # (B,)
         check_finite("The score of a completion", scores, batch, NonFiniteReward)
         penalized = scores - config.missing_eos_penalty * (~ended).float()  # (B,)
@@ -870,20 +813,18 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
     return watch
 
 
-def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_source: str | Path = "embedded",
-              reward_source: str | Path = "embedded", progress: bool = True,
-              splits: Sequence[str] = ("feedback",)) -> dict:
+def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, *, sft: str | Path,
+              reward: str | Path, progress: bool = True, splits: Sequence[str] = ("feedback",)) -> dict:
     """SFT model + reward model -> PPO on the world's ``feedback`` questions (or ``splits``) -> ``save_pretrained``.
 
-    ``policy_source`` gives the policy and the reference (``"embedded"``: the ``sft`` stage);
-    ``reward_source`` the reward model and the value model's start (``"embedded"``: the ``reward``
-    stage). ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
+    ``sft`` is the folder of the SFT model, the policy's start and the reference; ``reward`` the
+    folder of the reward model, which also starts the value model. ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
     refused: it is what the result is judged on). The default is the questions whose replies the
     reward model was trained on, where it judges best: on the facts of the ``ppo`` questions,
     which it never saw ranked, its advice is little better than noise and PPO gains little there
-    (bench/RESULTS.md, sessions 7 and 8). Returns the metadata; the caller writes it.
+    (``bench/HISTORY.md``, "PPO that moves only the final norm's gains"). Returns the metadata; the caller writes it.
     """
-    from .artifacts import ensure_stage, read_metadata
+    from .artifacts import read_metadata
     from .models import load_model, load_tokenizer
     from .runtime import seed_everything
     from .world import World
@@ -892,9 +833,8 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, policy_sourc
     if isinstance(splits, str) or not splits or "heldout" in splits:
         raise ValueError(f"splits must list the world's splits to practise on, without 'heldout' "
                          f"(the questions every stage is judged on), not {splits!r}.")
-    policy_dir = ensure_stage("sft") if str(policy_source) == "embedded" else policy_source
-    reward_dir = ensure_stage("reward") if str(reward_source) == "embedded" else reward_source
-    started = time.perf_counter()  # this stage only: a missing predecessor is built first
+    policy_dir, reward_dir = sft, reward
+    started = time.perf_counter()
     world = World(seed=read_metadata(policy_dir).get("seed", 0))
     prompts = [q.text for split in splits for q in world.questions(split)]
     tokenizer = load_tokenizer(policy_dir)

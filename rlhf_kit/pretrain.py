@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .artifacts import SHIPPED
 from .models import count_parameters, new_gpt, transformers_quiet
 from .runtime import NonFiniteLoss, seed_everything
 from .tokenizer import EOS, train_tokenizer
@@ -43,7 +44,7 @@ class PretrainConfig:
 
     Small batches and many steps: at the same number of tokens, 720 steps of 16 teach the model
     its world's facts far better than 360 steps of 32 (the true value most likely for 85 % of the
-    facts instead of 45 %; ``bench/bench_knowledge.py``), and the later stages need that knowledge.
+    facts instead of 45 %; ``bench/experiments/bench_knowledge.py``), and the later stages need that knowledge.
     """
 
     seed: int = 0  # world, corpus, initialisation and batches all follow from it
@@ -101,13 +102,20 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1))
 
 
-def learning_rate(step: int, config: PretrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+def learning_rate(step: int, total_steps: int, lr: float, warmup: int, min_lr_ratio: float = 0.0,
+                  warmup_offset: int = 0) -> float:
+    """The learning rate of step ``step`` (from 0) of ``total_steps``: a linear warmup to ``lr``
+    over ``warmup`` steps, then a cosine decay to ``lr * min_lr_ratio``.
+
+    A warmup step s gets ``lr * (s + warmup_offset) / warmup``: offset 0 is Hugging Face's
+    "cosine" schedule (the reward model's), whose first step has learning rate 0; offset 1
+    (pretraining's) starts at ``lr / warmup`` and reaches ``lr`` a step earlier.
+    """
+    if step < warmup:
+        return lr * (step + warmup_offset) / max(1, warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,13 +123,15 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases and layer-norm gains)."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and layer-norm gains). ``betas``
+    default to torch's and Hugging Face's (the reward model's); pretraining passes GPT-3's (0.9, 0.95)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
+    groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 def train_pretrain(model, stream: torch.Tensor, config: PretrainConfig,
@@ -131,7 +141,7 @@ def train_pretrain(model, stream: torch.Tensor, config: PretrainConfig,
     Raises ``NonFiniteLoss`` naming the step if the loss stops being a finite number.
     """
     generator = seed_everything(config.seed)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, betas=(0.9, 0.95))
     model.train()
     history: list[dict] = []
     tokens_per_step = config.batch_size * config.block_size
@@ -147,7 +157,7 @@ def train_pretrain(model, stream: torch.Tensor, config: PretrainConfig,
             raise NonFiniteLoss(f"The pretraining loss became {loss.item()} at step {step}: "
                                 "lower the learning rate and train again.")
         # 3. one optimiser step at the scheduled learning rate
-        lr = learning_rate(step, config)
+        lr = learning_rate(step, config.steps, config.lr, config.warmup, config.min_lr_ratio, warmup_offset=1)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -232,17 +242,12 @@ def build_big_base(out_dir: str | Path, config: PretrainConfig | None = None,
 # The shipped base models
 # ----------------------------------------------------------------------------------------------
 
-SHIPPED = Path(__file__).parent / "data" / "embedded"
-"""The ``base`` and ``big-base`` models as ``build_base`` made them with the default
-configurations, one folder each, with the metadata of their build (``rlhf_kit.json``)."""
-
-
 def shipped_metadata(stage: str) -> dict:
     """The metadata of a shipped model (its build: configuration, loss history, versions)."""
     return json.loads((SHIPPED / stage / "rlhf_kit.json").read_text())
 
 
-def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig) -> dict:
+def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig, progress: bool = True) -> dict:
     """Copy the shipped ``stage`` into ``out_dir``; returns its build's metadata, marked as such.
 
     Without shipped weights (a package built without its data), or when ``config`` is not the
@@ -251,7 +256,7 @@ def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig) -> 
     folder = SHIPPED / stage
     shipped = shipped_metadata(stage) if (folder / "rlhf_kit.json").exists() else {}
     if shipped.get("config") != asdict(config):
-        return build_base(out_dir, config)
+        return build_base(out_dir, config, progress)
     for file in folder.iterdir():
         if file.name != "rlhf_kit.json":
             shutil.copy2(file, Path(out_dir) / file.name)
@@ -259,11 +264,12 @@ def install_shipped(out_dir: str | Path, stage: str, config: PretrainConfig) -> 
     return {**metadata, "installed_from": str(folder), "built_with": shipped["versions"]}
 
 
-def install_base(out_dir: str | Path) -> dict:
+def install_base(out_dir: str | Path, config: PretrainConfig | None = None, progress: bool = True) -> dict:
     """The ``base`` stage: the shipped base model (``build_base`` with the default configuration)."""
-    return install_shipped(out_dir, "base", PretrainConfig())
+    return install_shipped(out_dir, "base", config or PretrainConfig(), progress)
 
 
-def install_big_base(out_dir: str | Path) -> dict:
+def install_big_base(out_dir: str | Path, config: PretrainConfig | None = None,
+                     progress: bool = True) -> dict:
     """The ``big-base`` stage: the shipped bigger base model (``build_big_base``)."""
-    return install_shipped(out_dir, "big-base", big_base_config())
+    return install_shipped(out_dir, "big-base", config or big_base_config(), progress)

@@ -37,7 +37,6 @@ models to follow instructions with human feedback* (InstructGPT), section 3.5.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import shutil
@@ -53,14 +52,16 @@ import torch
 import torch.nn.functional as F
 import trl
 from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback
 
-from .artifacts import ensure_stage, read_metadata
+from . import trainers
+from .artifacts import read_metadata
 from .feedback import (DEFAULT_NOISE, Item, Ranking, RankingStore, SimulatedLabeler, expand_pairs,
                        shuffled_order)
-from .models import EMBEDDED, load_model, load_tokenizer
-from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
-from .sampling import generate
+from .models import load_model, load_tokenizer
+from .pretrain import learning_rate, make_optimizer
+from .runtime import NonFiniteLoss, seed_everything
+from .sampling import context_length, generate
+from .tokenizer import chat_prompt
 from .world import World
 
 
@@ -312,15 +313,9 @@ def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor
 # ----------------------------------------------------------------------------------------------
 
 
-def model_context(model) -> int | None:
-    """How many tokens the model can read at once (None when its config does not say)."""
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-
-
 def effective_max_length(model, config: RewardConfig) -> int:
     """``config.max_length``, capped at the model's context."""
-    return min(config.max_length, model_context(model) or config.max_length)
+    return min(config.max_length, context_length(model) or config.max_length)
 
 
 def score_ids(model, ids: list[list[int]], pad_token_id: int) -> torch.Tensor:
@@ -343,39 +338,33 @@ def score_ids(model, ids: list[list[int]], pad_token_id: int) -> torch.Tensor:
 @torch.no_grad()
 def score(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
           batch_size: int = 64) -> torch.Tensor:
-    """The reward model's score of each (prompt, completion), shape (N,), on the CPU."""
+    """The reward model's score of each (prompt, completion), shape (N,), float32 on the CPU.
+
+    Each pair is read as ``encode`` writes it with ``tokenizer``, the reward model's own (PPO's
+    policy may read other ids: ``train_ppo``'s ``reward_tokenizer``). PPO and GRPO are rewarded
+    with it, and the scoreboard and lessons 6 and 7 score with it. A pair longer than the model's context
+    raises a ValueError rather than being cut, which would lose its prompt or the end where the
+    score is read. No pair of the course comes near: a question and a reply of at most 24 new
+    tokens make some 40 of the embedded model's 128 positions.
+    """
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: give one "
                          "prompt per completion.")
     ids = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    context = model_context(model)
+    if ids and max(max(x) for x in ids) >= model.get_input_embeddings().num_embeddings:
+        raise ValueError("The reward model's vocabulary is smaller than its tokenizer's: pass the "
+                         "reward model's own tokenizer as reward_tokenizer.")
+    context = context_length(model)
     too_long = [i for i, x in enumerate(ids) if context and len(x) > context]
     if too_long:
         raise ValueError(f"Completion {too_long[0]} is {len(ids[too_long[0]])} tokens long with its "
                          f"prompt, more than the model's context of {context}: shorten it.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
-    scores = [score_ids(model, ids[i : i + batch_size], tokenizer.pad_token_id).cpu()
-              for i in range(0, len(ids), batch_size)]
+    scores = [score_ids(model, ids[i : i + batch_size], pad).cpu() for i in range(0, len(ids), batch_size)]
     model.train(was_training)
     return torch.cat(scores) if scores else torch.zeros(0)
-
-
-def learning_rate(step: int, total_steps: int, config: RewardConfig) -> float:
-    """Linear warmup, then cosine decay to 0: Hugging Face's "cosine" schedule, step by step."""
-    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    if step < warmup:
-        return config.lr * step / max(1, warmup)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model, config: RewardConfig) -> torch.optim.AdamW:
-    """AdamW (Hugging Face's defaults) with weight decay on matrices only."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
 def _disable_dropout(model) -> None:
@@ -464,7 +453,9 @@ def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, ev
     weights = torch.tensor([row["weight"] for row in rows], dtype=torch.float, device=model.device)
     per_epoch = _steps_per_epoch(rows, config.rankings_per_batch)
     total_steps = max(1, math.ceil(config.epochs * per_epoch))
-    optimizer = make_optimizer(model, config)
+    # Hugging Face's AdamW and "cosine" schedule (down to 0); config.warmup: a share of the steps, or steps
+    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
     model.train()
     history: list[dict] = []
     window: dict[str, list[float]] = {"loss/train": [], "reward/accuracy": [], "reward/margin": []}
@@ -484,7 +475,7 @@ def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, ev
                 raise NonFiniteLoss(f"The reward model's loss became {loss.item()} at step {step} "
                                     f"of {total_steps}: lower the learning rate and train again.")
             # 4. one optimiser step at the scheduled learning rate
-            lr = learning_rate(step - 1, total_steps, config)
+            lr = learning_rate(step - 1, total_steps, config.lr, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -556,83 +547,30 @@ def trl_arguments(config: RewardConfig, output_dir: str, device: torch.device, b
         max_grad_norm=config.grad_clip,
         max_length=max_length,  # longer pairs are dropped silently: audit_pairs lists them first
         center_rewards_coefficient=None,  # the kit's loss has no centring term either
-        # TRL defaults to bf16, which raises "Your setup doesn't support bf16/gpu" on a CPU (and
-        # is slow there), and to activation checkpointing, 20 % slower and not needed here.
-        bf16=preferred_dtype(device) == torch.bfloat16,
-        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
-        activation_checkpointing=False,
         logging_steps=config.log_every,
-        logging_nan_inf_filter=False,  # by default Trainer hides a NaN loss in its logs
         eval_strategy="steps" if evaluate and config.eval_every else ("epoch" if evaluate else "no"),
         eval_steps=config.eval_every or None,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,  # the kit draws its own tqdm.auto bar (_Progress)
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",
+        **trainers.cpu_arguments(device),
     )
 
 
-class _CheckedRewardTrainer(trl.RewardTrainer):
-    """TRL's RewardTrainer that stops at the first non-finite training loss.
+class _RewardTrainer(trainers.StopOnNonFinite, trl.RewardTrainer):
+    """TRL's RewardTrainer that stops at the first non-finite training loss."""
 
-    The check sits where the loss is computed, before ``backward``: Trainer's logs average the
-    loss over several steps and, by default, replace a NaN by earlier values, so a check on the
-    logs would come late, after the weights are spoiled, or never.
-    """
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if return_outputs else result
-        if model.training and not torch.isfinite(loss):
-            raise NonFiniteLoss(f"The reward model's loss became {loss.item()} at step "
-                                f"{self.state.global_step + 1} of {self.state.max_steps}: lower "
-                                "the learning rate and train again.")
-        return result
+    non_finite = ("The reward model's loss became {loss} at step {step} of {steps}: lower the learning "
+                  "rate and train again.")
 
 
-class _Progress(TrainerCallback):
-    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
-
-    def __init__(self, progress: bool):
-        self.progress, self.history, self.bar, self.start = progress, [], None, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc="training the reward model (TRL)",
-                        disable=not self.progress)
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(1)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs, seconds = logs or {}, time.perf_counter() - self.start
-        if "loss" in logs:
-            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
-                                 "lr": logs.get("learning_rate"), "seconds": seconds,
-                                 "loss/train": logs["loss"], "reward/accuracy": logs.get("accuracy"),
-                                 "reward/margin": logs.get("margin")})
-            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        elif "eval_loss" in logs:
-            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
-                                 "loss/eval": logs["eval_loss"],
-                                 "reward/eval_accuracy": logs.get("eval_accuracy"), "seconds": seconds})
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """Hide the progress bars of ``datasets`` (TRL tokenizes with ``map``), then restore them."""
-    were_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not were_disabled:
-            datasets.enable_progress_bars()
+def _record(state, logs: dict, seconds: float) -> dict | None:
+    """The history entry of one of Trainer's logs: a training or an evaluation entry."""
+    if "loss" in logs:
+        return {"step": state.global_step, "epoch": logs.get("epoch"), "lr": logs.get("learning_rate"),
+                "seconds": seconds, "loss/train": logs["loss"], "reward/accuracy": logs.get("accuracy"),
+                "reward/margin": logs.get("margin")}
+    if "eval_loss" in logs:
+        return {"step": state.global_step, "epoch": logs.get("epoch"), "loss/eval": logs["eval_loss"],
+                "reward/eval_accuracy": logs.get("eval_accuracy"), "seconds": seconds}
+    return None
 
 
 def make_trl_trainer(model, tokenizer, rows: list[dict], config: RewardConfig, output_dir: str,
@@ -641,15 +579,10 @@ def make_trl_trainer(model, tokenizer, rows: list[dict], config: RewardConfig, o
     max_length = effective_max_length(model, config)
     batch_size = pairs_per_batch(rows, config.rankings_per_batch)
     args = trl_arguments(config, output_dir, model.device, batch_size, max_length, bool(eval_rows))
-    with _quiet_datasets():
-        trainer = _CheckedRewardTrainer(
-            model=model, args=args, processing_class=tokenizer,
-            train_dataset=to_trl_dataset(rows, tokenizer),
-            eval_dataset=to_trl_dataset(eval_rows, tokenizer) if eval_rows else None,
-            callbacks=[_Progress(progress)],
-        )
-    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
-    return trainer
+    return trainers.make(_RewardTrainer, trainers.Progress(progress, "training the reward model (TRL)", _record),
+                         model=model, args=args, processing_class=tokenizer,
+                         train_dataset=to_trl_dataset(rows, tokenizer),
+                         eval_dataset=to_trl_dataset(eval_rows, tokenizer) if eval_rows else None)
 
 
 def train_reward_trl(model, tokenizer, pairs, config: RewardConfig | None = None, eval_pairs=None,
@@ -673,14 +606,9 @@ def train_reward_trl(model, tokenizer, pairs, config: RewardConfig | None = None
             raise PairCountMismatch(f"{len(rows)} pairs went into TRL's RewardTrainer but it kept "
                                     f"{len(trainer.train_dataset)}: check max_length and the "
                                     "tokenizer's chat template.")
-        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
-        try:
-            with _quiet_datasets():
-                trainer.train()
-        finally:
-            callback.close()
+        history = trainers.train(trainer)
     model.eval()
-    return callback.history
+    return history
 
 
 # ----------------------------------------------------------------------------------------------
@@ -800,12 +728,6 @@ def evaluate_reward(model, tokenizer, pairs, labeler: SimulatedLabeler | None = 
 # ----------------------------------------------------------------------------------------------
 
 
-def chat_prompt(tokenizer, prompt: str) -> str:
-    """The text a chat model continues to answer ``prompt``: its user turn and the assistant's tag."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-
-
 def sample_completions(model, tokenizer, prompts: Sequence[str], k: int = 4,
                        max_new_tokens: int = 24, temperature: float = 1.0, seed: int = 0,
                        max_rounds: int = 10) -> list[list[str]]:
@@ -816,8 +738,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], k: int = 4,
     that has fewer than K after ``max_rounds`` rounds gets what it has (fewer than 2: none).
     """
     found: list[list[str]] = [[] for _ in prompts]
-    texts = [chat_prompt(tokenizer, p) for p in prompts] if tokenizer.chat_template else \
-        [p + "\n" for p in prompts]
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
     for round_ in range(max_rounds):
         pending = [i for i, f in enumerate(found) if len(f) < k]
         if not pending:
@@ -866,18 +787,18 @@ def train(model, tokenizer, pairs, config: RewardConfig, eval_pairs=None,
     raise ValueError(f"trainer must be 'kit' or 'trl', not {config.trainer!r}.")
 
 
-def build_reward(out_dir: str | Path, config: RewardConfig | None = None, source: str | Path = EMBEDDED,
+def build_reward(out_dir: str | Path, config: RewardConfig | None = None, *, sft: str | Path,
                  rankings: Iterable[Ranking] | None = None, progress: bool = True) -> dict:
     """SFT model -> sampled completions -> simulated rankings -> reward model -> ``save_pretrained``.
 
-    ``source`` is ``"embedded"`` (its ``sft`` stage, built first if missing), a model folder or a
-    hub id: it writes the completions and gives the reward model its body. ``rankings`` replaces
-    the sampled ones (a learner's own, or ``feedback.load_example_rankings()``). Rankings are split
-    by prompt; the held-out ones are evaluated. Returns the metadata; the caller writes it.
+    ``sft`` is the SFT model (the ``sft`` stage's folder, another model folder or a hub id): it
+    writes the completions and gives the reward model its body. ``rankings`` replaces the sampled
+    ones (a learner's own, or ``feedback.load_example_rankings()``). Rankings are split by prompt;
+    the held-out ones are evaluated. Returns the metadata; the caller writes it.
     """
     config = config or RewardConfig()
-    source_dir = ensure_stage("sft") if str(source) == EMBEDDED else source
-    started = time.perf_counter()  # this stage only: a missing predecessor is built first
+    source_dir = sft
+    started = time.perf_counter()
     # The world the SFT model read about judges its completions.
     world = World(seed=read_metadata(source_dir).get("seed", 0))
     tokenizer = load_tokenizer(source_dir)

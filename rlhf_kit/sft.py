@@ -23,14 +23,13 @@ turns explain. ``heldout`` questions never appear. The same answers cut into sin
 prompt->completion pairs make the single-turn set that the lesson compares with.
 Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
 tokens through the ``{% generation %}`` markers of the chat template. ``SFTConfig.pretrain_mix``
-(off by default) adds the pretraining loss on the world's internet at every step, which keeps
-facts the demonstrations never mention (``bench/bench_sft_mix.py``). Reads the ``base``
+(1.0 by default) adds the pretraining loss on the world's internet at every step, which keeps
+facts the demonstrations never mention (``bench/experiments/bench_sft_mix.py``). Reads the ``base``
 artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.ipynb``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
 import random
@@ -44,15 +43,14 @@ import datasets
 import torch
 import torch.nn.functional as F
 import trl
-from tqdm.auto import tqdm
-from transformers import PrinterCallback, TrainerCallback
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-from .artifacts import ensure_stage, read_metadata
+from . import trainers
+from .artifacts import read_metadata
 from .evaluate import ChatReport, evaluate_chat, kept_chat_format  # noqa: F401 (the lesson's evaluation)
-from .models import EMBEDDED, load_model, load_tokenizer
+from .models import load_model, load_tokenizer
 from .pretrain import next_token_loss, random_windows, token_stream
-from .runtime import NonFiniteLoss, preferred_dtype, seed_everything
+from .runtime import seed_everything
 from .sampling import context_length
 from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER
 from .world import PEOPLE, QUESTIONS, Question, World
@@ -507,31 +505,17 @@ def trl_arguments(config: SFTConfig, output_dir: str, device: torch.device) -> t
         max_grad_norm=config.grad_clip,
         max_length=config.max_length,
         assistant_only_loss=True,  # labels are -100 outside the {% generation %} markers
-        # TRL defaults to bf16 (which raises on a CPU without use_cpu=True, and is slow there) and
-        # to activation checkpointing (20 % slower; a small model does not need the memory).
-        bf16=preferred_dtype(device) == torch.bfloat16,
-        use_cpu=device.type == "cpu",  # else the Trainer moves a CPU model to any GPU present
-        activation_checkpointing=False,
         logging_steps=config.log_every,
         logging_first_step=True,
-        logging_nan_inf_filter=False,  # by default Trainer replaces a NaN loss in its logs
         eval_strategy="steps" if config.n_eval else "no",
         eval_steps=config.eval_every,
         eval_on_start=bool(config.n_eval),  # the validation curve starts at step 0
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,  # the kit draws its own tqdm.auto bar (_Progress)
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device.type == "cuda",  # pinned memory only helps copies to a GPU
+        **trainers.cpu_arguments(device),
     )
 
 
-class _CheckedSFTTrainer(trl.SFTTrainer):
+class _SFTTrainer(trainers.StopOnNonFinite, trl.SFTTrainer):
     """TRL's SFTTrainer that stops at the first non-finite training loss, and can mix in pretraining.
-
-    The check sits where the loss is computed, before ``backward``: Trainer's logs average the
-    loss over several steps and, by default, replace a NaN by earlier values, so a check on the
-    logs could come late or never.
 
     With ``pretrain_stream`` set, every training step also reads ``pretrain_batch`` random windows
     of pretraining text and adds ``pretrain_mix`` times their next-token loss (the pretraining
@@ -544,6 +528,7 @@ class _CheckedSFTTrainer(trl.SFTTrainer):
     pretrain_mix: float = 0.0
     pretrain_batch: int = 8
     pretrain_generator: torch.Generator | None = None
+    non_finite = "The SFT loss became {loss} at step {step}: lower the learning rate and train again."
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -557,9 +542,7 @@ class _CheckedSFTTrainer(trl.SFTTrainer):
             self._pretrain_losses.append(pretrain_loss.item())
             loss = loss + self.pretrain_mix * pretrain_loss
             result = (loss, *result[1:]) if return_outputs else loss
-        if model.training and not torch.isfinite(loss):
-            raise NonFiniteLoss(f"The SFT loss became {loss.item()} at step "
-                                f"{self.state.global_step + 1}: lower the learning rate and train again.")
+            self.check_finite(model, loss)  # the demonstrations' loss alone is checked before
         return result
 
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -572,48 +555,18 @@ class _CheckedSFTTrainer(trl.SFTTrainer):
         super().log(logs, *args, **kwargs)
 
 
-class _Progress(TrainerCallback):
-    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
-
-    def __init__(self, progress: bool):
-        self.progress, self.history, self.bar, self.start = progress, [], None, 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc="fine-tuning (SFT)", disable=not self.progress)
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(1)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs, seconds = logs or {}, time.perf_counter() - self.start
-        if "loss" in logs:
-            self.history.append({"step": state.global_step, "epoch": logs.get("epoch"),
-                                 "loss/train": logs["loss"], "lr": logs.get("learning_rate"),
-                                 "grad_norm": logs.get("grad_norm"),
-                                 "sft/token_accuracy": logs.get("mean_token_accuracy"),
-                                 "tokens": logs.get("num_tokens"), "seconds": seconds,
-                                 **({"loss/pretrain": logs["pretrain_loss"]} if "pretrain_loss" in logs else {})})
-            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        elif "eval_loss" in logs:
-            self.history.append({"step": state.global_step, "loss/eval": logs["eval_loss"],
-                                 "seconds": seconds})
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """Hide the progress bars of ``datasets`` (TRL tokenizes with ``map``), then restore them."""
-    were_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not were_disabled:
-            datasets.enable_progress_bars()
+def _record(state, logs: dict, seconds: float) -> dict | None:
+    """The history entry of one of Trainer's logs: the training loss and its company, or the
+    validation loss."""
+    if "loss" in logs:
+        return {"step": state.global_step, "epoch": logs.get("epoch"), "loss/train": logs["loss"],
+                "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                "sft/token_accuracy": logs.get("mean_token_accuracy"), "tokens": logs.get("num_tokens"),
+                "seconds": seconds,
+                **({"loss/pretrain": logs["pretrain_loss"]} if "pretrain_loss" in logs else {})}
+    if "eval_loss" in logs:
+        return {"step": state.global_step, "loss/eval": logs["eval_loss"], "seconds": seconds}
+    return None
 
 
 def make_trainer(model, tokenizer, examples: list, config: SFTConfig, output_dir: str,
@@ -631,16 +584,9 @@ def make_trainer(model, tokenizer, examples: list, config: SFTConfig, output_dir
     evaluation = datasets.Dataset.from_list(_as_records(eval_examples)) if eval_examples else None
     if evaluation is None:
         config = SFTConfig(**{**asdict(config), "n_eval": 0})
-    with _quiet_datasets():
-        trainer = _CheckedSFTTrainer(
-            model=model,
-            args=trl_arguments(config, output_dir, model.device),
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=tokenizer,
-            callbacks=[_Progress(progress)],
-        )
-    trainer.remove_callback(PrinterCallback)  # it would print every log as a dict
+    trainer = trainers.make(_SFTTrainer, trainers.Progress(progress, "fine-tuning (SFT)", _record),
+                            model=model, args=trl_arguments(config, output_dir, model.device),
+                            train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer)
     if config.pretrain_mix > 0:
         trainer.pretrain_stream, trainer.pretrain_mix = pretrain_text, config.pretrain_mix
         trainer.pretrain_batch, trainer._pretrain_losses = config.pretrain_batch, []
@@ -688,16 +634,13 @@ def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
     with tempfile.TemporaryDirectory(prefix="rlhf-kit-sft-") as output_dir:
         trainer = make_trainer(model, tokenizer, examples, config, output_dir, eval_examples, progress,
                                pretrain_text)
-        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, _Progress))
         try:
-            with _quiet_datasets():
-                trainer.train()
+            history = trainers.train(trainer)
         finally:
-            callback.close()
             # TRL patched model.forward with a fused loss head; generation and saving use the original.
             model.__dict__.pop("forward", None)
     model.eval()
-    return callback.history
+    return history
 
 
 def demonstrations_for(world: World, config: SFTConfig, tokenizer=None, model=None) -> list:
@@ -728,16 +671,16 @@ def matched_single_turn(config: SFTConfig, n_conversations: int, n_examples: int
                    max_steps=steps)
 
 
-def build_sft(out_dir: str | Path, config: SFTConfig | None = None, base: str = EMBEDDED,
+def build_sft(out_dir: str | Path, config: SFTConfig | None = None, *, base: str | Path,
               progress: bool = True) -> dict:
     """Base model -> demonstrations -> SFT -> ``save_pretrained`` into ``out_dir``.
 
-    ``base`` is ``"embedded"`` (its base stage is built first if it is missing), a model folder,
-    or a hub id. Returns the metadata (configuration, data size, final loss, run time).
+    ``base`` is the base model: the ``base`` stage's folder, another model folder, or a hub id.
+    Returns the metadata (configuration, data size, final loss, run time).
     """
     config = config or SFTConfig()
-    base_dir = ensure_stage("base") if base == EMBEDDED else Path(base)
-    started = time.perf_counter()  # this stage only: a missing predecessor is built first
+    base_dir = Path(base)
+    started = time.perf_counter()
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
     # The demonstrations must come from the world the base model read about.

@@ -15,7 +15,8 @@ The chat template renders a list of ``{"role", "content"}`` messages. The assist
 wrapped in ``{% generation %}`` / ``{% endgeneration %}`` so that
 ``apply_chat_template(..., return_assistant_tokens_mask=True)`` (and TRL's assistant-only loss)
 knows which tokens the assistant wrote, the closing ``<|end|>`` included: a model must learn
-when to stop talking.
+when to stop talking. ``chat_prompt`` renders what every stage gives a model to answer one prompt:
+the user's turn and the assistant's tag.
 
 Reads the corpus from ``world.py``; writes a Hugging Face fast tokenizer with
 ``save_pretrained``. Taught in ``course/01_next_token_prediction.ipynb``.
@@ -96,3 +97,13 @@ def end_of_turn_id(tokenizer) -> int:
         if token in vocab:
             return vocab[token]
     return tokenizer.eos_token_id
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The text a model continues to answer ``prompt``: the user's turn and the assistant's tag
+    (``<|user|>Where does Alice live?<|end|><|assistant|>``). A tokenizer without a chat template (a
+    hub base model) gets the prompt and a line break, as the reward model reads it (``reward.encode``)."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt + "\n"

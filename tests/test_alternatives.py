@@ -11,7 +11,8 @@ import torch
 from rlhf_kit import alternatives
 from rlhf_kit.alternatives import DPOConfig, GRPOConfig, dpo_loss, group_advantages
 from rlhf_kit.models import load_model, load_tokenizer
-from rlhf_kit.ppo import NonFiniteReward, score_texts
+from rlhf_kit.ppo import NonFiniteReward
+from rlhf_kit.reward import score
 from rlhf_kit.runtime import NonFiniteLoss
 
 torch.set_num_threads(1)
@@ -29,7 +30,7 @@ def tiny_sft_and_reward(tiny_base_dir, tmp_path_factory):
     write_metadata(sft_dir, build_sft(sft_dir, SFTConfig(n_conversations=60, max_steps=8, batch_size=8, n_eval=0),
                                       base=str(tiny_base_dir), progress=False))
     write_metadata(reward_dir, build_reward(reward_dir, RewardConfig(sets_per_question=2, epochs=1, eval_every=0),
-                                            source=sft_dir, progress=False))
+                                            sft=sft_dir, progress=False))
     return sft_dir, reward_dir
 
 
@@ -110,8 +111,7 @@ def test_reply_logprobs_sum_the_reply_tokens_and_its_end(tiny_sft_and_reward):
 
 
 def test_dpo_trains_on_the_tokens_the_model_reads_and_writes(tiny_sft_and_reward, tmp_path):
-    from rlhf_kit.reward import chat_prompt
-    from rlhf_kit.tokenizer import end_of_turn_id
+    from rlhf_kit.tokenizer import chat_prompt, end_of_turn_id
 
     sft_dir, _ = tiny_sft_and_reward
     model, tokenizer = load_model(sft_dir), load_tokenizer(sft_dir)
@@ -193,7 +193,7 @@ def test_the_reward_function_is_the_reward_models_score(tiny_sft_and_reward):
     questions, replies = ["Where does Alice live?", "What is Bruno's job?"], ["Alice lives in Brookfield.", " Why? "]
     given = reward([[{"role": "user", "content": q}] for q in questions],
                    [[{"role": "assistant", "content": r}] for r in replies])  # as TRL passes them
-    expected = score_texts(reward_model, reward_tokenizer, questions, [r.strip() for r in replies]).tolist()
+    expected = score(reward_model, reward_tokenizer, questions, [r.strip() for r in replies]).tolist()
     assert given == pytest.approx(expected)
 
 

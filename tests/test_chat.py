@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.chat import Chat, ChatModel, MessageTooLong, fit_context, side_by_side
 from rlhf_kit.evaluate import CHAT, PLAIN
 from rlhf_kit.models import load_model, load_tokenizer

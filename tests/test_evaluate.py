@@ -22,7 +22,7 @@ from rlhf_kit.evaluate import (
 )
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.sampling import Generation, generate
-from rlhf_kit.tokenizer import USER, end_of_turn_id
+from rlhf_kit.tokenizer import USER, chat_prompt, end_of_turn_id
 from rlhf_kit.world import World
 
 
@@ -58,6 +58,8 @@ def test_prompts_and_replies(tiny_base_dir):
     assert format_prompt(q, tokenizer, CHAT) == f"<|user|>{q.text}<|end|><|assistant|>"
     with pytest.raises(ValueError, match="style must be"):
         format_prompt(q, tokenizer, "shouting")
+    tokenizer.chat_template = None  # a hub base model: the question and a line break, as PPO reads it
+    assert format_prompt(q, tokenizer, CHAT) == chat_prompt(tokenizer, q.text) == q.text + "\n"
     assert first_line("\nAlice lives in Foxhill.\nQ: more") == "Alice lives in Foxhill."
 
 

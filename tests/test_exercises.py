@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from rlhf_kit import artifacts
+from rlhf_kit import stages
 from rlhf_kit.cli import COMMANDS, main
 from rlhf_kit.exercises import (
     ExerciseError,
@@ -304,7 +304,7 @@ def test_bad_paths_give_one_sentence_and_status_2(args, complaint, tmp_path, cap
 
 def test_build_prints_the_folder_and_refuses_an_unknown_stage(tmp_path, monkeypatch, capsys):
     built = []
-    monkeypatch.setattr(artifacts, "ensure_stage", lambda stage: built.append(stage) or tmp_path / stage)
+    monkeypatch.setattr(stages, "ensure_stage", lambda stage: built.append(stage) or tmp_path / stage)
     assert main(["build"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "base")
     assert main(["build", "ppo", "big-base"]) == 0  # several stages, in the order given

@@ -17,6 +17,7 @@ from itertools import combinations
 
 import pytest
 
+from rlhf_kit.compare import win_rate
 from rlhf_kit.feedback import (
     DEFAULT_NOISE,
     EXAMPLE_RANKINGS,
@@ -49,7 +50,6 @@ from rlhf_kit.feedback import (
     read_jsonl,
     score_gaps,
     template_items,
-    win_rates,
 )
 from rlhf_kit.widgets import ComparisonWidget, RankingWidget
 from rlhf_kit.world import World
@@ -428,9 +428,10 @@ def test_simulated_labeler_ranks_through_the_store(store, world):
 def test_simulated_comparisons_and_win_rates(store, world):
     items = [(i.prompt, i.completions[:2], ("base", "sft")) for i in template_items(world)[:8]]
     assert SimulatedLabeler(world).label_comparisons(store, items) == 8
-    rates = win_rates(store.comparisons())
-    assert rates["base"]["wins"] == rates["sft"]["losses"]
-    assert rates["base"]["win_rate"] + rates["sft"]["win_rate"] == pytest.approx(1.0)
+    verdicts = [c.winner for c in store.comparisons()]  # every pair is (base, sft)
+    base, sft = win_rate(verdicts, "base", side=0), win_rate(verdicts, "sft", side=1)
+    assert base.wins == sft.losses and base.n == sft.n == 8
+    assert base.rate + sft.rate == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------------------------

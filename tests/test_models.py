@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf_kit import artifacts
+from rlhf_kit import artifacts, stages
 from rlhf_kit.models import ModelNotFound, is_embedded, load_model, load_tokenizer, resolve
 from rlhf_kit.sampling import generate
 
@@ -63,16 +63,18 @@ def test_ensure_stage_builds_once_when_two_processes_ask(tmp_path):
         import os, sys, time
         from pathlib import Path
         os.environ["RLHF_KIT_HOME"] = {str(tmp_path / "home")!r}
-        from rlhf_kit import artifacts
+        from rlhf_kit import artifacts, stages
         log = Path({str(tmp_path / "builds.log")!r})
-        def slow_builder(out_dir):
+        def slow_builder(out_dir, config=None, progress=True):
             with open(log, "a") as f:
                 f.write(f"{{os.getpid()}}\\n")
             time.sleep(1.0)
             (out_dir / "config.json").write_text("{{}}")
             return {{"built_by": os.getpid()}}
-        artifacts._builders = lambda: {{"base": slow_builder}}
-        print(artifacts.ensure_stage("base", verbose=False))
+        import dataclasses
+        from rlhf_kit import stages
+        stages.STAGES["base"] = dataclasses.replace(stages.STAGES["base"], build=slow_builder)
+        print(stages.ensure_stage("base", verbose=False))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
@@ -85,16 +87,16 @@ def test_ensure_stage_builds_once_when_two_processes_ask(tmp_path):
 def test_a_failed_build_leaves_no_half_written_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
 
-    def broken(out_dir):
+    def broken(out_dir, config=None, progress=True):
         (out_dir / "config.json").write_text("{}")
         raise RuntimeError("kernel died")
 
-    monkeypatch.setattr(artifacts, "_builders", lambda: {"base": broken})
+    monkeypatch.setitem(stages.STAGES, "base", dataclasses.replace(stages.STAGES["base"], build=broken))
     with pytest.raises(RuntimeError, match="kernel died"):
-        artifacts.ensure_stage("base", verbose=False)
+        stages.ensure_stage("base", verbose=False)
     assert not artifacts.is_ready("base") and not artifacts.stage_dir("base").exists()
     with pytest.raises(KeyError, match="Unknown stage"):
-        artifacts.ensure_stage("nonsense")
+        stages.ensure_stage("nonsense")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def test_the_base_stage_is_installed_from_the_shipped_weights(tmp_path, monkeypa
     from rlhf_kit import pretrain
 
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
-    folder = artifacts.ensure_stage("base")
+    folder = stages.ensure_stage("base")
     assert "Installing the embedded 'base' model shipped with rlhf-kit" in capsys.readouterr().out
     shipped = pretrain.SHIPPED / "base"
     assert (folder / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
@@ -191,9 +193,10 @@ def test_from_scratch_replaces_the_base_and_removes_the_stages_built_from_it(tmp
     from rlhf_kit.cli import main
 
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
-    recipe = pretrain.build_base  # the recipe, on the tiny configuration (the real one takes minutes)
-    monkeypatch.setattr(pretrain, "build_base", lambda out, config=None, progress=True:
-                        {**recipe(out, tiny_pretrain, progress=False), "tiny": True})
+    # the recipe, on the tiny configuration (the real one takes minutes)
+    tiny = dataclasses.replace(stages.STAGES["base"], from_scratch=lambda out, config=None, progress=True:
+                               {**pretrain.build_base(out, tiny_pretrain, progress=False), "tiny": True})
+    monkeypatch.setitem(stages.STAGES, "base", tiny)
     for stage in ("base", "sft", "reward", "big-base"):  # stand-ins for built stages
         artifacts.stage_dir(stage).mkdir(parents=True)
         artifacts.write_metadata(artifacts.stage_dir(stage), {"stage": stage})
@@ -206,3 +209,27 @@ def test_from_scratch_replaces_the_base_and_removes_the_stages_built_from_it(tmp
     assert metadata["tiny"] and metadata["embedded"] and "installed_from" not in metadata
     assert main(["build", "sft", "--from-scratch"]) == 2  # only the pretrained stages
     assert "Only base and big-base are pretrained from scratch" in capsys.readouterr().err
+
+
+def test_load_model_only_loads_and_names_the_command_for_a_missing_stage(tmp_path, monkeypatch):
+    """``load_model`` builds nothing: the shipped base is read from the package until it is installed,
+    and a stage that is not built yet is one sentence naming the command that builds it."""
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    assert resolve("embedded") == str(artifacts.SHIPPED / "base")
+    assert load_model("embedded").device == torch.device("cpu")  # embedded: on the CPU
+    with pytest.raises(artifacts.StageNotBuilt, match=r"not built yet: build it with `rlhf-kit build sft`"):
+        load_model("embedded", stage="sft")
+    assert not artifacts.embedded_home().exists()  # nothing was written
+    installed = stages.ensure_stage("base", verbose=False)
+    assert resolve("embedded") == str(installed)  # once installed, it is read there
+
+
+def test_the_stage_table_orders_every_stage_after_what_it_needs():
+    names = list(stages.STAGES)
+    for stage in stages.STAGES.values():
+        assert all(names.index(need) < names.index(stage.name) for need in stage.needs), stage.name
+    assert stages.RECIPE == ("base", "sft", "reward", "ppo", "dpo", "grpo")
+    assert stages.built_from("sft") == ["sft", "reward", "ppo", "dpo", "grpo"]
+    assert stages.built_from("big-base") == ["big-base"]
+    with pytest.raises(ValueError, match="pass the folder of reward"):
+        stages.build_stage("ppo", "out", {"sft": "sft-folder"})

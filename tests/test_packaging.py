@@ -69,3 +69,10 @@ def test_readme_commands_are_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == "python -m pytest" and "`python -m pytest`" in readme
     assert "torch==2.13.0" in (ROOT / ".ci" / "run").read_text()  # the CPU build, installed first
+
+
+def test_every_subpackage_is_packaged():
+    """A wheel holds only the packages pyproject.toml lists: a new subpackage must be listed too."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "rlhf_kit").rglob("__init__.py")}
+    assert found == listed, f"pyproject.toml's [tool.setuptools] packages must be {sorted(found)}"

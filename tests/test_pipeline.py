@@ -8,6 +8,7 @@ the report folder is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -106,14 +107,14 @@ def test_an_interrupted_run_resumes_at_the_stage_it_stopped_in(tokenizer, tmp_pa
     hub_shaped("gpt2", tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     out = tmp_path / "report"
-    from rlhf_kit import ppo
+    from rlhf_kit import stages
 
-    real_build = ppo.build_ppo
+    real = stages.STAGES["ppo"]
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the learner pressed Ctrl-C during PPO
 
-    monkeypatch.setattr(ppo, "build_ppo", killed)
+    monkeypatch.setitem(stages.STAGES, "ppo", dataclasses.replace(real, build=killed))
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_stages(str(folder), out, TINY, progress=False)
     assert (out / "stages" / "reward" / "rlhf_kit.json").exists()
@@ -121,7 +122,7 @@ def test_an_interrupted_run_resumes_at_the_stage_it_stopped_in(tokenizer, tmp_pa
     assert not [p for p in (out / "stages").iterdir() if p.name.startswith(".ppo-")]
     sft_written = (out / "stages" / "sft" / "model.safetensors").stat().st_mtime_ns
 
-    monkeypatch.setattr(ppo, "build_ppo", real_build)
+    monkeypatch.setitem(stages.STAGES, "ppo", real)
     runs = pipeline.run_stages(str(folder), out, TINY, progress=False)
     assert [r.built for r in runs] == [False, False, False, True, True, True]
     assert (out / "stages" / "sft" / "model.safetensors").stat().st_mtime_ns == sft_written

@@ -40,18 +40,16 @@ from rlhf_kit.ppo import (
     kl_penalized_rewards,
     ppo_optimizer,
     prompt_indices,
-    query_text,
-    reward_inputs,
     rollout_forward,
     rollout_rows,
     rubric_watch,
-    score_texts,
     train_ppo,
     trained_weights,
     whiten,
 )
+from rlhf_kit.reward import score
 from rlhf_kit.sampling import generate
-from rlhf_kit.tokenizer import train_tokenizer
+from rlhf_kit.tokenizer import chat_prompt, train_tokenizer
 from rlhf_kit.world import World
 
 torch.set_num_threads(1)
@@ -253,7 +251,7 @@ FAST = dict(batch_size=8, max_new_tokens=6, ppo_epochs=2, minibatch_size=4, trai
 
 def test_logprobs_of_a_padded_batch_equal_those_of_each_row_alone(tokenizer, prompts):
     policy = tiny_gpt(tokenizer)
-    queries = [query_text(tokenizer, p) for p in prompts[:4]] + ["<|endoftext|>Hi\n"]  # lengths differ
+    queries = [chat_prompt(tokenizer, p) for p in prompts[:4]] + ["<|endoftext|>Hi\n"]  # lengths differ
     out = generate(policy, tokenizer, queries, max_new_tokens=5, seed=0)
     query = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
     assert torch.equal(query.input_ids, out.prompt_ids)
@@ -274,7 +272,7 @@ def test_logprobs_of_a_padded_batch_equal_those_of_each_row_alone(tokenizer, pro
 def test_the_rollout_gives_the_same_numbers_in_one_chunk_or_many(tokenizer, prompts):
     policy, ref_policy = tiny_gpt(tokenizer), tiny_gpt(tokenizer, seed=2)
     both = PolicyAndValue(policy, tiny_value_model(policy))
-    queries = [query_text(tokenizer, p) for p in prompts[:6]]
+    queries = [chat_prompt(tokenizer, p) for p in prompts[:6]]
     out = generate(policy, tokenizer, queries, max_new_tokens=5, seed=0)
     query = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
     inputs = join(query.input_ids, query.attention_mask, out.completion_ids, out.completion_mask)
@@ -471,28 +469,18 @@ def test_a_reward_model_with_its_own_tokenizer_scores_the_decoded_text(folders, 
                         PPOConfig(**FAST, batches=1, log_samples=8), reward_tokenizer=reward_tokenizer,
                         watch_fn=rubric_watch(world), progress=False)
     samples = history[0]["samples"]
-    want = score_texts(reward_model, reward_tokenizer, [s["prompt"] for s in samples],
-                       [s["completion"] for s in samples])
+    want = score(reward_model, reward_tokenizer, [s["prompt"] for s in samples],
+                 [s["completion"] for s in samples])
     assert [s["score"] for s in samples] == want.tolist()
     with pytest.raises(ValueError, match="reward_tokenizer"):  # the policy's ids overflow its vocabulary
         train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts,
                   PPOConfig(**{**FAST, "max_new_tokens": 12}, batches=1), progress=False)
 
 
-def test_the_reward_model_reads_what_the_reward_stage_trained_it_on(folders):
-    reward = pytest.importorskip("rlhf_kit.reward")
-    tokenizer = load_tokenizer(folders / "reward")
-    for prompt, completion in [("Where does Alice live?", "Alice lives in Ashford."), ("Hi", "")]:
-        assert reward_inputs(tokenizer, prompt, completion) == reward.encode(tokenizer, prompt, completion)
-        tokenizer.chat_template, template = None, tokenizer.chat_template  # a hub model without one
-        assert reward_inputs(tokenizer, prompt, completion) == reward.encode(tokenizer, prompt, completion)
-        tokenizer.chat_template = template
-
-
 def test_build_ppo_writes_a_stage_folder(folders, tmp_path):
     # the reward folder reads other ids, so the value model starts from the policy's body here
-    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), policy_source=folders / "sft",
-                     reward_source=folders / "reward", progress=False)
+    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
+                     reward=folders / "reward", progress=False)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
     assert meta["prompts"] == 48 and "ppo/rubric_score" in meta["final"]
     assert meta["splits"] == ["feedback"] and meta["value_source"] == str(folders / "sft")
@@ -500,10 +488,10 @@ def test_build_ppo_writes_a_stage_folder(folders, tmp_path):
 
 def test_build_ppo_practises_on_the_splits_it_is_given_and_never_on_the_held_out_questions(
         folders, tmp_path):
-    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), policy_source=folders / "sft",
-                     reward_source=folders / "reward", progress=False, splits=("feedback", "ppo"))
+    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
+                     reward=folders / "reward", progress=False, splits=("feedback", "ppo"))
     assert meta["prompts"] == 96 and meta["splits"] == ["feedback", "ppo"]
     for splits in (("ppo", "heldout"), (), "ppo"):
         with pytest.raises(ValueError, match="heldout"):
-            build_ppo(tmp_path, PPOConfig(**FAST, batches=1), policy_source=folders / "sft",
-                      reward_source=folders / "reward", progress=False, splits=splits)
+            build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
+                      reward=folders / "reward", progress=False, splits=splits)

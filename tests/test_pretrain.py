@@ -26,10 +26,13 @@ def test_next_token_loss_by_hand():
 
 def test_learning_rate_warms_up_then_decays():
     config = PretrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
-    lrs = [learning_rate(s, config) for s in range(100)]
+    lrs = [learning_rate(s, config.steps, config.lr, config.warmup, config.min_lr_ratio, warmup_offset=1)
+           for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=0.05)
+    hf = [learning_rate(s, 100, 1e-3, 10) for s in range(100)]  # Hugging Face's: from 0, down to 0
+    assert hf[0] == 0.0 and hf[10] == 1e-3 and 0 < hf[-1] < 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +130,12 @@ SAME_QUALITY = {"answer rate": 0.13, "false-statement rate": 0.10, "rudeness rat
 @pytest.mark.slow
 def test_the_recipe_pretrains_a_base_model_as_good_as_the_shipped_one(tmp_path, monkeypatch):
     """`rlhf-kit build base --from-scratch` on this CPU: other weights, the same model."""
-    from rlhf_kit import artifacts, pretrain
+    from rlhf_kit import pretrain, stages
     from rlhf_kit.evaluate import fault_rates
     from rlhf_kit.models import load_model
 
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
-    folder, _ = artifacts.pretrain_from_scratch("base", progress=False)
+    folder, _ = stages.pretrain_from_scratch("base", progress=False)
     world = World(seed=0)
     heldout = world.questions("heldout")
 

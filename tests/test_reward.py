@@ -7,6 +7,7 @@ of each ranking holds the word "please", which a tiny model learns in a few doze
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -16,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_kit import artifacts, reward, sft
+from rlhf_kit import artifacts, reward, stages
 from rlhf_kit.checks import (
     CheckFailed,
     check_bradley_terry_loss,
@@ -468,7 +469,7 @@ def test_simulated_rankings_are_the_labelers_rankings(tiny_base_dir, tokenizer):
 def test_build_reward_saves_a_reward_model_that_loads(tiny_base_dir, tokenizer, tmp_path):
     rankings = load_example_rankings()[:32]
     config = reward.RewardConfig(**{**TINY_REWARD.__dict__, "epochs": 1})
-    metadata = reward.build_reward(tmp_path, config, source=tiny_base_dir, rankings=rankings,
+    metadata = reward.build_reward(tmp_path, config, sft=tiny_base_dir, rankings=rankings,
                                    progress=False)
     assert metadata["rankings"] == 32 and metadata["seed"] == 0
     assert metadata["pairs"]["heldout_prompts"] == 8  # a quarter of the 32 prompts
@@ -484,16 +485,16 @@ def test_ensure_stage_builds_a_missing_sft_model_first(tiny_base_dir, tmp_path, 
     """The reward stage asks for the SFT stage; here a copy of the tiny base model stands in."""
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
 
-    def copy_tiny(out_dir):
+    def copy_tiny(out_dir, config=None, *, base, progress=True):
         shutil.copytree(tiny_base_dir, out_dir, dirs_exist_ok=True)
         return {"seed": 0}
 
-    monkeypatch.setattr(sft, "build_sft", copy_tiny)
+    monkeypatch.setitem(stages.STAGES, "sft", dataclasses.replace(stages.STAGES["sft"], build=copy_tiny))
     monkeypatch.setattr(reward, "RewardConfig", functools.partial(
         reward.RewardConfig, **{**TINY_REWARD.__dict__, "k": 2, "epochs": 1}))
-    path = artifacts.ensure_stage("reward")
-    out = capsys.readouterr().out
-    assert out.index("'reward' model is not built") < out.index("'sft' model is not built")
+    path = stages.ensure_stage("reward")
+    out = capsys.readouterr().out  # what a stage needs is built first
+    assert out.index("'sft' model is not built") < out.index("'reward' model is not built")
     assert artifacts.is_ready("sft") and artifacts.is_ready("reward")
     metadata = artifacts.read_metadata(path)
     assert metadata["source"] == str(artifacts.stage_dir("sft")) and metadata["rankings"] == 48

@@ -6,6 +6,7 @@ here are short: one exchange, no system message, unless a test says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import tempfile
@@ -15,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rlhf_kit import artifacts, pretrain, sft
+from rlhf_kit import artifacts, pretrain, sft, stages
 from rlhf_kit.models import load_model, load_tokenizer, new_gpt
 from rlhf_kit.runtime import NonFiniteLoss
 from rlhf_kit.tokenizer import ASSISTANT, CHAT_TEMPLATE, END, EOS, SYSTEM, USER, end_of_turn_id
@@ -404,11 +405,13 @@ def test_build_sft_saves_a_loadable_model(tiny_base_dir, tmp_path):
 def test_ensure_stage_builds_a_missing_base_first(tiny_pretrain, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
     # The base stage is installed from the shipped weights; here the tiny model stands in for them.
-    monkeypatch.setattr(pretrain, "install_base", functools.partial(pretrain.build_base, config=tiny_pretrain))
+    tiny = functools.partial(pretrain.build_base, config=tiny_pretrain)
+    monkeypatch.setitem(stages.STAGES, "base", dataclasses.replace(stages.STAGES["base"],
+                                                                   build=lambda out, config=None, progress=True: tiny(out)))
     monkeypatch.setattr(sft, "SFTConfig", functools.partial(sft.SFTConfig, **{**TINY_SFT.__dict__, "epochs": 1}))
-    path = artifacts.ensure_stage("sft")
-    out = capsys.readouterr().out
-    assert out.index("'sft' model is not built") < out.index("Installing the embedded 'base' model")
+    path = stages.ensure_stage("sft")
+    out = capsys.readouterr().out  # what a stage needs is installed (or built) first
+    assert out.index("Installing the embedded 'base' model") < out.index("'sft' model is not built")
     assert artifacts.is_ready("base") and artifacts.is_ready("sft")
     assert artifacts.read_metadata(path)["base"] == str(artifacts.stage_dir("base"))
 

@@ -12,7 +12,7 @@ For each weight given, an SFT model is built from the embedded base stage into a
    default PPO run against that reward model, and how often the rubric prefers the PPO model's
    reply to the SFT model's on the held-out questions.
 
-Run: ``python bench/bench_sft_mix.py --mix 0 1 --downstream`` (about 3 minutes per weight without
+Run: ``python bench/experiments/bench_sft_mix.py --mix 0 1 --downstream`` (about 3 minutes per weight without
 ``--downstream``, 7 with it, on 2 idle CPU cores).
 """
 
@@ -27,18 +27,19 @@ from pathlib import Path
 
 import torch
 
-from bench_knowledge import knowledge  # this folder is on sys.path
+from bench_knowledge import knowledge  # bench/experiments/, this script's folder, is on sys.path
 from rlhf_kit import ppo, reward, sft
 from rlhf_kit.artifacts import write_metadata
 from rlhf_kit.evaluate import CHAT, fault_rates, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.world import World
 
 
 def measure(mix: float, downstream: bool, workdir: Path) -> dict:
     result: dict = {"pretrain_mix": mix}
     sft_dir = workdir / f"sft-mix{mix}"
-    metadata = sft.build_sft(sft_dir, sft.SFTConfig(pretrain_mix=mix), progress=False)
+    metadata = sft.build_sft(sft_dir, sft.SFTConfig(pretrain_mix=mix), base=ensure_stage("base"), progress=False)
     write_metadata(sft_dir, metadata)
     result["sft_seconds"] = metadata["seconds"]
     world = World(seed=metadata["seed"])
@@ -50,12 +51,12 @@ def measure(mix: float, downstream: bool, workdir: Path) -> dict:
     if not downstream:
         return result
     reward_dir = workdir / f"reward-mix{mix}"
-    reward_metadata = reward.build_reward(reward_dir, source=sft_dir, progress=False)
+    reward_metadata = reward.build_reward(reward_dir, sft=sft_dir, progress=False)
     write_metadata(reward_dir, reward_metadata)
     result["reward_seconds"] = reward_metadata["seconds"]
     result["reward_heldout"] = reward_metadata["heldout"]
     ppo_dir = workdir / f"ppo-mix{mix}"
-    ppo_metadata = ppo.build_ppo(ppo_dir, policy_source=sft_dir, reward_source=reward_dir, progress=False)
+    ppo_metadata = ppo.build_ppo(ppo_dir, sft=sft_dir, reward=reward_dir, progress=False)
     result["ppo_seconds"] = ppo_metadata["seconds"]
     ppo_report = fault_rates(load_model(ppo_dir), tokenizer, world, questions, 4, style=CHAT, name="PPO", seed=0)
     result["ppo"] = {k: v for k, v in ppo_report.row().items() if isinstance(v, float)}

@@ -10,7 +10,7 @@ The later stages depend on this: the reward model can only prefer true answers t
 that its body can tell apart, and PPO can only make the policy more truthful if the knowledge is
 there to bring out. Prints a table by split (sft, feedback, ppo, heldout) for each stage given.
 
-Run: ``python bench/bench_knowledge.py base sft`` (seconds per stage; builds missing stages).
+Run: ``python bench/experiments/bench_knowledge.py base sft`` (seconds per stage; builds missing stages).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import torch
 
-from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import SPLITS, STATEMENTS, VALUES, World
 

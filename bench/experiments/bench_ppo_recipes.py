@@ -19,11 +19,12 @@ N - 1 times: the labeler also ranks the PPO policy's replies (``--round-sets`` s
 question), the reward model is trained again from the SFT body on every ranking so far, and PPO
 starts again from the SFT model against it. ``--oracle`` trains PPO on the rubric itself instead of
 a reward model: what a perfect reward model would give, which tells its faults from PPO's. ``--ppo-set train=final-norm
---ppo-set lr=3e-3`` trains only the policy's final norm gains (session 7's recipe in bench/RESULTS.md).
+--ppo-set lr=3e-3`` trains only the policy's final norm gains (the recipe the course adopted as its default;
+bench/HISTORY.md, "PPO that moves only the final norm's gains").
 
 Run (2 idle cores; about 3 minutes a round with the defaults, more with more rankings):
-``python bench/bench_ppo_recipes.py sharpen --sft FOLDER`` and e.g.
-``python bench/bench_ppo_recipes.py recipe --reward-stage --rounds 3``. Models are written under
+``python bench/experiments/bench_ppo_recipes.py sharpen --sft FOLDER`` and e.g.
+``python bench/experiments/bench_ppo_recipes.py recipe --reward-stage --rounds 3``. Models are written under
 ``--out`` (a temporary folder by default).
 """
 
@@ -32,15 +33,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench_reward import parse_value  # the same --set syntax (this folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for bench_reward
+from bench_reward import parse_value  # noqa: E402  (the same --set syntax)
 from rlhf_kit import ppo, reward, sft as sft_stage
-from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.evaluate import CHAT, first_line, format_prompt, judge_replies, reply_kl, rubric_preference
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.runtime import seed_everything
@@ -126,7 +129,7 @@ def sft_folder(args, out: Path) -> Path:
         return ensure_stage("sft")
     config = configured(sft_stage.SFTConfig, args.sft_set)
     folder = out / "sft"
-    meta = sft_stage.build_sft(folder, config, progress=False)
+    meta = sft_stage.build_sft(folder, config, base=ensure_stage("base"), progress=False)
     print(f"SFT with {', '.join(args.sft_set)}: {meta['seconds']:.0f} s")
     return folder
 
@@ -155,7 +158,7 @@ def recipe(args) -> dict:
         start = time.perf_counter()
         rankings = rankings_of(sft, tokenizer, world, reward_config, rank_splits, temperatures, "sft")
         reward_dir = out / "reward1"
-        meta = reward.build_reward(reward_dir, reward_config, source=sft_dir, rankings=rankings,
+        meta = reward.build_reward(reward_dir, reward_config, sft=sft_dir, rankings=rankings,
                                    progress=False)
         print(f"reward model 1: {len(rankings)} rankings, {meta['pairs']['train']} training pairs, "
               f"held-out vs rubric {meta['heldout']['accuracy vs rubric']:.3f} "
@@ -164,12 +167,12 @@ def recipe(args) -> dict:
     for round_ in range(1, args.rounds + 1):
         start = time.perf_counter()
         policy_dir = out / f"ppo{round_}"
-        ppo.build_ppo(policy_dir, ppo_config, policy_source=sft_dir, reward_source=reward_dir,
+        ppo.build_ppo(policy_dir, ppo_config, sft=sft_dir, reward=reward_dir,
                       progress=False, splits=ppo_splits)
         policy = load_model(policy_dir)
         generation, texts, report = heldout.replies(policy, f"PPO {round_}")
         reward_model = load_model(reward_dir, kind="reward")
-        probes = ppo.score_texts(reward_model, tokenizer, [PROBE_QUESTION] * len(PROBES), list(PROBES))
+        probes = reward.score(reward_model, tokenizer, [PROBE_QUESTION] * len(PROBES), list(PROBES))
         result = {"round": round_, **row(report, sft_report),
                   "kl_to_sft": reply_kl(policy, sft, tokenizer, generation).mean().item(),
                   "reward_model_probes": dict(zip(PROBES, probes.tolist()))}
@@ -185,7 +188,7 @@ def recipe(args) -> dict:
                                 dataclasses.replace(reward_config, sets_per_question=args.round_sets),
                                 rank_splits, [1.0], f"ppo{round_}")
         reward_dir = out / f"reward{round_ + 1}"
-        meta = reward.build_reward(reward_dir, reward_config, source=sft_dir, rankings=rankings,
+        meta = reward.build_reward(reward_dir, reward_config, sft=sft_dir, rankings=rankings,
                                    progress=False)
         print(f"reward model {round_ + 1}: {len(rankings)} rankings, held-out vs rubric "
               f"{meta['heldout']['accuracy vs rubric']:.3f} ({time.perf_counter() - start:.0f} s)")

@@ -1,14 +1,14 @@
 """Benchmark: a second round of rankings, on the PPO policy's own replies (InstructGPT's iteration).
 
 The first reward model is trained on rankings of the SFT model's replies; PPO then finds replies
-it scores too high (see "What PPO does to the SFT model" in RESULTS.md). Here the simulated
+it scores too high (see "What PPO does to the SFT model" in bench/HISTORY.md). Here the simulated
 labeler also ranks replies of the PPO policy (the ``ppo`` stage) to the feedback questions, and a
 reward model is trained from the SFT body on both rounds together. Both reward models are
 evaluated on the same held-out pairs of the first round (split by prompt: the second round's
 rankings of those prompts are left out of training too), and both score a few probe replies.
 
-Run: ``python bench/bench_reward_rounds.py --threads 2`` (about 3 minutes on 2 idle cores once
-the stages exist). ``--rankings FILE`` reuses the first round's rankings (see bench_reward.py).
+Run: ``python bench/experiments/bench_reward_rounds.py --threads 2`` (about 3 minutes on 2 idle cores once
+the stages exist). ``--rankings FILE`` reuses the first round's rankings (see bench/bench_reward.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from rlhf_kit import reward
-from rlhf_kit.artifacts import ensure_stage
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.feedback import SimulatedLabeler, read_jsonl, write_jsonl
 from rlhf_kit.models import load_model, load_tokenizer
-from rlhf_kit.ppo import score_texts
 from rlhf_kit.runtime import seed_everything
 from rlhf_kit.world import World
 
@@ -76,7 +75,7 @@ def main() -> None:
     for name, rankings in (("SFT replies", first), ("SFT + PPO replies", first + second)):
         model, pairs, seconds = train_on(rankings, heldout_prompts, config, sft_dir)
         report = reward.evaluate_reward(model, tokenizer, heldout, labeler)
-        probes = score_texts(model, tokenizer, [PROBE_QUESTION] * len(PROBES), list(PROBES)).tolist()
+        probes = reward.score(model, tokenizer, [PROBE_QUESTION] * len(PROBES), list(PROBES)).tolist()
         results[name] = {"train_pairs": pairs, "train_seconds": seconds, **report.row(),
                          "probes": dict(zip(PROBES, probes))}
         print(f"{name}: {pairs} pairs, {seconds:.0f} s; held-out ({report.row()['pairs']} pairs of "

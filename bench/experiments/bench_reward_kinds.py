@@ -21,7 +21,7 @@ model's accuracies on them and, with ``--dpo FOLDER``, how often DPO's implicit 
 β·log π/π_ref orders them as the labeler and as the rubric do. Held-out prompts of the feedback
 split mostly have a paraphrase twin in training; new facts do not.
 
-Run: ``python bench/bench_reward_kinds.py`` (the embedded ``sft`` and ``reward`` stages; about a
+Run: ``python bench/experiments/bench_reward_kinds.py`` (the embedded ``sft`` and ``reward`` stages; about a
 minute), or ``--source FOLDER --reward FOLDER`` for another SFT model and its reward model;
 ``--new-facts --dpo dpo`` for the new facts and the embedded DPO stage.
 """
@@ -34,7 +34,8 @@ from collections import defaultdict
 import torch
 
 from rlhf_kit import alternatives, feedback, reward
-from rlhf_kit.artifacts import ensure_stage, read_metadata
+from rlhf_kit.artifacts import read_metadata
+from rlhf_kit.stages import ensure_stage
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import World
 
