@@ -30,8 +30,9 @@ One batch of ``train_ppo`` follows the numbered steps of the notebook: (1) sampl
 from the policy, (2) score them with the reward model, (3) log-probabilities under the policy and
 the frozen reference, and values, (4) per-token rewards, (5) optional whitening, (6) advantages and
 returns by GAE, (7) several epochs of minibatch updates with the clipped policy loss and the
-clipped value loss, (8) metrics and a table of samples. Steps 4, 6 and 7 are the small pure
-functions at the top of this file.
+clipped value loss, (8) metrics and a table of samples: each step is one method of ``_Run``. The
+maths of steps 4 to 7 are small pure functions in ``ppo_math.py``; the forward pass of step 3,
+which weights train and their optimiser are in ``ppo_model.py``.
 
 The four models: ``policy`` (trained; starts as the SFT model; ``PPOConfig.train`` says which of
 its weights change), ``ref_policy`` (the SFT model, frozen), ``reward_model`` (frozen; or a plain
@@ -56,9 +57,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .ppo_math import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss, compute_gae,
+                       explained_variance, kl_penalized_rewards, masked_mean, whiten)
+from .ppo_model import (PolicyAndValue, accelerator_for, completion_logprobs, join, ppo_optimizer, predicting,
+                        rollout_forward, rollout_rows, vocab_size)
+from .ppo_model import final_norm  # noqa: F401 (lesson 6 reads it as ppo.final_norm)
 from .reward import score  # section 5
 from .runtime import NonFiniteLoss  # a loss, KL, value or advantage became NaN or infinite
 from .sampling import context_length, generate
@@ -114,169 +119,7 @@ class CheckpointMismatch(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Per-token rewards (step 4) and whitening (step 5)
-# ----------------------------------------------------------------------------------------------
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1 (0 when there are none)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """Per-token rewards (B, T): −kl_coef·KL on every completion token, plus the score on the last.
-
-    scores (B,): one reward-model score per completion. logprobs, ref_logprobs (B, T): the
-    log-probability of each completion token under the policy and the reference. mask (B, T): 1 on
-    completion tokens, 0 on the padding after a completion stops. The per-token KL is the
-    single-sample estimate log π − log π_ref. The score goes on the last token where mask is 1,
-    never on padding; padding gets reward 0.
-    """
-    mask = mask.to(logprobs.dtype)
-    kl = (logprobs - ref_logprobs) * mask  # (B, T): 0 on padding
-    rewards = -kl_coef * kl
-    positions = torch.arange(mask.shape[1], device=mask.device)  # (T,)
-    # (B,): index of the last real token of each row (-1 for a row without any)
-    last = torch.where(mask.bool(), positions, -1).max(dim=1).values
-    at_last = (positions[None, :] == last[:, None]).to(rewards.dtype)  # (B, T): one 1 per row
-    return rewards + at_last * scores[:, None].to(rewards.dtype)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """``x`` (B, T) scaled to unit variance over the masked positions, and centred unless not
-    ``shift_mean``; padding stays 0. Rewards are whitened without shifting their mean (a shift adds
-    a constant to every token, which would pay for long or for short completions); advantages are
-    centred too."""
-    mean = masked_mean(x, mask)
-    centred = x - mean
-    count = mask.sum()
-    variance = masked_mean(centred**2, mask) * count / (count - 1).clamp(min=1)  # unbiased
-    out = centred * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask.to(x.dtype)
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Advantages and returns by GAE (step 6)
-# ----------------------------------------------------------------------------------------------
-
-
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns (both (B, T)) by generalised advantage estimation (Schulman et al., 2016).
-
-    Runs backwards over the tokens:  δ_t = rewards_t + gamma·V_{t+1} − V_t  and
-    A_t = δ_t + gamma·lam·A_{t+1}, with V and A taken as 0 after the last real token (the
-    completion has ended: nothing more will come). returns_t = A_t + V_t is the target of the
-    value model. mask (B, T) marks real tokens (1s, then padding 0s); padding gets 0 in both.
-    """
-    mask = mask.to(values.dtype)
-    values = values * mask  # the value of padding is not a prediction: 0
-    rewards = rewards * mask
-    batch, length = rewards.shape
-    advantage = torch.zeros(batch, dtype=values.dtype, device=values.device)  # A_{t+1}, (B,)
-    reversed_advantages = []
-    for t in reversed(range(length)):
-        next_values = values[:, t + 1] if t + 1 < length else torch.zeros_like(advantage)
-        delta = rewards[:, t] + gamma * next_values - values[:, t]  # (B,)
-        advantage = delta + gamma * lam * advantage
-        reversed_advantages.append(advantage)
-    advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask  # (B, T)
-    returns = advantages + values
-    return advantages, returns
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. The losses (step 7)
-# ----------------------------------------------------------------------------------------------
-
-
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_eps: float
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate loss, and two numbers to watch: (loss, clipfrac, approx_kl).
-
-    logprobs (B, T): under the policy being trained (with gradients); old_logprobs (B, T): under
-    the policy that sampled the batch; advantages, mask (B, T). With ratio = exp(logprobs −
-    old_logprobs), each token's loss is the larger (more pessimistic) of −ratio·A and
-    −clip(ratio, 1 − clip_eps, 1 + clip_eps)·A, averaged over the tokens where mask is 1.
-
-    clipfrac: share of tokens where the clipped term is the larger one (their gradient is 0).
-    approx_kl: mean of (ratio − 1) − log ratio, an estimate of KL(π_old ‖ π) that is never
-    negative. Both are detached.
-    """
-    log_ratio = logprobs - old_logprobs  # (B, T)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).to(loss.dtype), mask)
-    approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
-    return loss, clipfrac.detach(), approx_kl.detach()
-
-
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                       mask: torch.Tensor, clip_eps_value: float) -> torch.Tensor:
-    """The value model's clipped squared error: ½·mean_t max((V − R)², (V_clipped − R)²).
-
-    values (B, T): the value model now (with gradients); old_values (B, T): when the batch was
-    sampled; returns (B, T): GAE's targets. V_clipped = old_values + clip(values − old_values,
-    −clip_eps_value, clip_eps_value) keeps one batch from moving a value far; the max keeps the
-    larger error, as the policy loss keeps the more pessimistic objective. Averaged over the tokens
-    where mask is 1.
-    """
-    clipped = old_values + torch.clamp(values - old_values, -clip_eps_value, clip_eps_value)
-    errors = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # (B, T)
-    return 0.5 * masked_mean(errors, mask)
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 − Var(returns − values) / Var(returns) over masked tokens: 1 is a perfect value model,
-    0 no better than a constant, below 0 worse."""
-    variance = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    residual = returns - values
-    residual_variance = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
-    return float("nan") if variance.item() == 0 else (1 - residual_variance / variance).item()
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. The KL coefficient: fixed, or adapted to a target KL
-# ----------------------------------------------------------------------------------------------
-
-
-class AdaptiveKLController:
-    """The KL coefficient, fixed (``target=None``) or adapted as in Ziegler et al. (2019):
-
-        error = clip(KL / target − 1, −0.2, 0.2) ,    kl_coef ← kl_coef · (1 + error · n / horizon)
-
-    after each batch of n completions whose mean KL (per completion, in nats) is KL. A policy that
-    drifts too far pays more for it; one that stays too close is let go.
-    """
-
-    def __init__(self, kl_coef: float, target: float | None = None, horizon: int = 10_000):
-        self.value = kl_coef
-        self.target = target
-        self.horizon = horizon
-
-    def update(self, kl: float, n: int) -> float:
-        """Adapt to one batch of ``n`` completions of mean KL ``kl``; returns the new coefficient."""
-        if self.target is not None:
-            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * n / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.value, self.target, self.horizon = state["value"], state["target"], state["horizon"]
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Texts to tokens: what the policy reads, what the reward model reads
+# 1. Texts to tokens: what the policy reads, what the reward model reads
 # ----------------------------------------------------------------------------------------------
 #
 # ``tokenizer.chat_prompt``: what the policy continues, the prompt's user turn and the assistant's
@@ -286,110 +129,7 @@ class AdaptiveKLController:
 
 
 # ----------------------------------------------------------------------------------------------
-# 6. Per-token log-probabilities and values: one forward pass over prompt + completion
-# ----------------------------------------------------------------------------------------------
-
-
-class PolicyAndValue(torch.nn.Module):
-    """The two trained models as one module, so that one optimiser and one backward pass (and, under
-    ``accelerate``, one distributed wrapper) serve both.
-
-    The value model is a sequence-classification model (a body and a scalar ``score`` head); PPO
-    needs its head at every token, not only the last one, so the body and the head are called
-    separately.
-    """
-
-    def __init__(self, policy, value_model):
-        super().__init__()
-        self.policy = policy
-        self.value_model = value_model
-        head = getattr(value_model, "score", None)
-        if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
-            raise ValueError("value_model needs one scalar head named `score`: load it with "
-                             "load_model(source, kind='reward') from the SFT or reward model.")
-
-    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, L, V) of the policy and values (B, L) of the value model at every position."""
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, use_cache=False).logits
-        body = getattr(self.value_model, self.value_model.base_model_prefix)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state  # (B, L, H)
-        values = self.value_model.score(hidden).squeeze(-1)  # (B, L)
-        return logits, values.float()
-
-
-def join(query_ids: torch.Tensor, query_mask: torch.Tensor, completion_ids: torch.Tensor,
-         completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt + completion as one input: ids, attention mask and position ids, each (B, P + C).
-
-    Prompts are left-padded and completions padded after they stop, so padding is masked at both
-    ends; positions count real tokens only, as they did during sampling.
-    """
-    input_ids = torch.cat([query_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([query_mask, completion_mask], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention_mask, position_ids
-
-
-def completion_logprobs(logits: torch.Tensor, completion_ids: torch.Tensor,
-                        temperature: float) -> torch.Tensor:
-    """log π(y_t | x, y_<t) of every completion token, (B, C), from the logits (B, C, V) that
-    predict them, at the sampling temperature (the distribution the tokens were drawn from)."""
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, C, V)
-    return logprobs.gather(-1, completion_ids[..., None]).squeeze(-1)
-
-
-def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Entropy (B, C) of each next-token distribution, in nats."""
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logprobs.exp() * logprobs).sum(-1)
-
-
-def _predicting(tensor: torch.Tensor, prompt_width: int) -> torch.Tensor:
-    # (B, P + C, ...) -> (B, C, ...): position P - 1 + t reads the prompt and y_<t and predicts
-    # y_t, so the outputs that predict the completion are P - 1 .. P + C - 2.
-    return tensor[:, prompt_width - 1 : -1]
-
-
-ROLLOUT_LOGITS_BYTES = 64 * 2**20
-"""Memory the float32 logits of one chunk of step 3 may take (64 MiB)."""
-
-
-def rollout_rows(batch: int, width: int, vocab: int, at_least: int) -> int:
-    """Rows per chunk of step 3: the whole batch when its logits fit in ``ROLLOUT_LOGITS_BYTES``,
-    else as many rows as fit, and never fewer than ``at_least`` (a minibatch, which the updates
-    hold with gradients anyway). The embedded model's batch of 32 takes 5 MB and goes through in
-    one pass instead of four; a GPT-2 from the hub (50,257 tokens) needs 60 MB a row and keeps
-    chunks of a minibatch. The chunk size does not change the numbers (the rows do not meet in a
-    forward pass; tests/test_ppo.py checks it)."""
-    fit = ROLLOUT_LOGITS_BYTES // max(1, width * vocab * 4)
-    return max(1, at_least, min(batch, fit))
-
-
-@torch.no_grad()
-def rollout_forward(both: PolicyAndValue, ref_policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    position_ids: torch.Tensor, prompt_width: int, temperature: float, chunk: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 3 for a batch: logprobs, ref_logprobs, values and entropies of the completion tokens,
-    each (B, C), in chunks of ``chunk`` rows (the logits of a hub model's vocabulary are large)."""
-    parts = []
-    for first in range(0, len(input_ids), chunk):
-        rows = slice(first, first + chunk)
-        inputs = dict(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                      position_ids=position_ids[rows])
-        completion_ids = input_ids[rows, prompt_width:]  # (b, C)
-        logits, values = both(**inputs)
-        logits = _predicting(logits, prompt_width)  # (b, C, V)
-        ref_logits = _predicting(ref_policy(**inputs, use_cache=False).logits, prompt_width)
-        parts.append((completion_logprobs(logits, completion_ids, temperature),
-                      completion_logprobs(ref_logits, completion_ids, temperature),
-                      _predicting(values, prompt_width), entropy(logits, temperature)))
-    return tuple(torch.cat(column) for column in zip(*parts))
-
-
-# ----------------------------------------------------------------------------------------------
-# 7. Training
+# 2. Training: one batch in eight steps
 # ----------------------------------------------------------------------------------------------
 
 
@@ -412,102 +152,214 @@ def prompt_indices(n_prompts: int, batch: int, size: int, seed: int) -> list[int
     return indices
 
 
-def _accelerator(device: torch.device):
-    """accelerate's Accelerator on the policy's device: a no-op wrapper in one process, data
-    parallel under ``accelerate launch``. Without accelerate installed, a stand-in for one process."""
-    try:
-        from accelerate import Accelerator
-    except ImportError:  # pragma: no cover - accelerate is a dependency of the kit
-        return _OneProcess(device)
-    return Accelerator(cpu=device.type == "cpu")  # a model on the CPU stays there, GPU or not
+@dataclass
+class Rollout:
+    """Step 1 of one batch: the prompts, what the policy wrote, and the tensors the later steps read."""
+
+    prompts: list[str]
+    completions: list[str]  # stripped of spaces at both ends, as they are scored
+    query_ids: torch.Tensor  # (B, P), left-padded
+    query_mask: torch.Tensor  # (B, P)
+    completion_ids: torch.Tensor  # (B, C)
+    mask: torch.Tensor  # (B, C): 1 on generated tokens, 0 after a stop
+    ended: torch.Tensor  # (B,): the completion stopped by itself (EOS or end of turn)
 
 
-class _OneProcess:
-    """What train_ppo uses of an Accelerator, for one process without accelerate."""
+@dataclass
+class Experience:
+    """Steps 3 to 6 of one batch, computed without gradients: what the updates of step 7 learn from."""
 
-    num_processes, process_index, is_main_process = 1, 0, True
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def prepare(self, *things):
-        return things
-
-    def unwrap_model(self, model):
-        return model
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, parameters, max_norm):
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-
-    def reduce(self, tensor, reduction="mean"):
-        return tensor.clone()
-
-    def wait_for_everyone(self):
-        pass
+    input_ids: torch.Tensor  # (B, P + C): prompt and completion as one input
+    attention_mask: torch.Tensor  # (B, P + C)
+    position_ids: torch.Tensor  # (B, P + C)
+    logprobs: torch.Tensor  # (B, C): under the policy that sampled, the "old" policy of the ratio
+    ref_logprobs: torch.Tensor  # (B, C): under the frozen reference
+    values: torch.Tensor  # (B, C): the value model's, 0 on padding
+    entropies: torch.Tensor  # (B, C)
+    rewards: torch.Tensor  # (B, C): per token, after the optional whitening
+    kl_per_completion: torch.Tensor  # (B,): summed over each completion's tokens
+    kl: float  # the batch's mean KL, over every process
+    kl_coef: float  # the coefficient this batch paid
+    advantages: torch.Tensor  # (B, C)
+    returns: torch.Tensor  # (B, C)
 
 
-def _vocab(model) -> int:
-    return model.get_input_embeddings().num_embeddings
+class _Run:
+    """What each step of one ``train_ppo`` run reads: the models, the settings and the accelerator,
+    and the guards that stop the run with a sentence (the history so far goes with the error)."""
 
+    def __init__(self, config: PPOConfig, accelerator, both, optimizer, ref_policy, tokenizer,
+                 reward_model, reward_tokenizer, reward_fn, watch_fn, history: list[dict]):
+        self.config, self.accelerator, self.device = config, accelerator, accelerator.device
+        self.both, self.optimizer, self.ref_policy, self.tokenizer = both, optimizer, ref_policy, tokenizer
+        self.reward_model, self.reward_tokenizer = reward_model, reward_tokenizer
+        self.reward_fn, self.watch_fn, self.history = reward_fn, watch_fn, history
+        self.stops = torch.tensor(sorted({tokenizer.eos_token_id, end_of_turn_id(tokenizer)}))
+        strict = next(accelerator.unwrap_model(both).policy.parameters()).dtype == torch.float32
+        self.ratio_tolerance = 1e-3 if strict else 5e-2  # 16-bit log-probabilities carry ~1e-2 of noise
+        self.global_batch = config.batch_size * accelerator.num_processes
 
-def adamw(parameters, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW for PPO: no weight decay (the KL penalty is the regulariser), eps 1e-5 as in the
-    reference implementations; fused into one kernel per step where torch has one (CPU, CUDA).
-    ``parameters`` may be parameter groups with their own ``lr`` (the policy's and the value model's).
+    def stop(self, error_type, message):
+        error = error_type(message)
+        error.history = self.history
+        return error
 
-    With ``train="all"`` the fused step updates all 105 tensors of the embedded policy and value
-    model at once instead of one by one: 7 to 18 ms instead of 51 to 57 ms on 2 CPU cores, a fifth
-    of a PPO batch (``bench/HISTORY.md``, "PPO throughput against TRL 1.12").
-    """
-    fused = torch.device(device).type in ("cpu", "cuda")
-    return torch.optim.AdamW(parameters, lr=lr, eps=1e-5, weight_decay=0.0, fused=fused or None)
+    def check_finite(self, name: str, tensor: torch.Tensor, batch: int, error_type=NonFiniteLoss):
+        # Every process checks, then they agree, so that none waits forever for one that stopped.
+        bad = self.accelerator.reduce((~torch.isfinite(tensor)).sum().float().reshape(1).to(self.device), "sum")
+        if bad.item() > 0:
+            raise self.stop(error_type, f"{name} became NaN or infinite at batch {batch} ({int(bad.item())} "
+                            "values): check the reward, then lower lr or raise kl_coef and train again.")
 
+    def mean(self, x: torch.Tensor) -> float:
+        """The mean of ``x`` over this process's rows and every process's."""
+        return self.accelerator.reduce(x.float().mean().reshape(1).to(self.device), "mean").item()
 
-TRAIN_CHOICES = ("final-norm", "all")
+    def sample(self, prompts: Sequence[str], batch: int) -> Rollout:
+        """Step 1: this process's share of the batch's prompts, and the policy's completions."""
+        config, accelerator, tokenizer, device = self.config, self.accelerator, self.tokenizer, self.device
+        chosen = prompt_indices(len(prompts), batch, self.global_batch, config.seed)
+        mine = chosen[accelerator.process_index * config.batch_size :][: config.batch_size]
+        batch_prompts = [prompts[i] for i in mine]
+        queries = [chat_prompt(tokenizer, p) for p in batch_prompts]
+        out = generate(accelerator.unwrap_model(self.both).policy, tokenizer, queries,
+                       max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                       seed=_seed(config.seed, batch, accelerator.process_index), batch_size=len(queries))
+        # The prompt's attention mask: a prompt may start with a token that is also padding.
+        query = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
+        completion_ids, mask = out.completion_ids.to(device), out.completion_mask.to(device)
+        ended = (torch.isin(completion_ids, self.stops.to(device)) & mask.bool()).any(dim=1)
+        return Rollout(batch_prompts, [c.strip() for c in out.completions], query.input_ids.to(device),
+                       query.attention_mask.to(device), completion_ids, mask, ended)
 
+    def score(self, rollout: Rollout, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Step 2: the reward model's (or function's) score of each completion (B,), and the
+        watched rubric's (B,), or None without ``watch_fn``."""
+        if self.reward_fn is not None:
+            scores = torch.as_tensor(list(self.reward_fn(rollout.prompts, rollout.completions)),
+                                     dtype=torch.float32)
+        else:
+            scores = score(self.reward_model, self.reward_tokenizer, rollout.prompts, rollout.completions)
+        scores = scores.to(self.device)  # (B,)
+        self.check_finite("The score of a completion", scores, batch, NonFiniteReward)
+        watched = None
+        if self.watch_fn is not None:
+            watched = torch.as_tensor(list(self.watch_fn(rollout.prompts, rollout.completions)),
+                                      dtype=torch.float32)
+        return scores, watched
 
-def final_norm(model) -> torch.nn.Parameter:
-    """The gains of a causal LM's last normalisation layer (GPT-2's ``ln_f``, Llama's ``norm``).
+    def forward(self, rollout: Rollout) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Step 3: the joined inputs, and log-probabilities under the policy and the reference,
+        values (0 on padding) and entropies, each (B, C)."""
+        inputs = join(rollout.query_ids, rollout.query_mask, rollout.completion_ids, rollout.mask)
+        input_ids = inputs[0]
+        chunk = rollout_rows(len(input_ids), input_ids.shape[1], vocab_size(self.ref_policy),  # the policy's too
+                             self.config.minibatch_size)
+        logprobs, ref_logprobs, values, entropies = rollout_forward(
+            self.accelerator.unwrap_model(self.both), self.ref_policy, *inputs, rollout.query_ids.shape[1],
+            self.config.temperature, chunk)
+        return inputs, (logprobs, ref_logprobs, values * rollout.mask, entropies)
 
-    Every next-token prediction passes through this one vector just before the output layer, so
-    changing it changes how sharply the model commits to its choices on every prompt at once, and
-    nothing it can learn there belongs to one question.
-    """
-    norms = [m for m in model.base_model.modules()
-             if "norm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.nn.Parameter)]
-    if not norms:
-        raise ValueError(f"{type(model).__name__} has no normalisation layer with a weight: train it "
-                         "with PPOConfig(train='all').")
-    return norms[-1].weight
+    def rewards(self, scores: torch.Tensor, rollout: Rollout, logprobs: torch.Tensor,
+                ref_logprobs: torch.Tensor, kl_coef: float, batch: int):
+        """Step 4: per-token rewards (B, C), −kl_coef·KL on every token and the score, less the
+        penalty of a completion that never ended, on the last; and the KL of each completion and
+        of the batch, which must stay under ``max_kl``."""
+        config, mask = self.config, rollout.mask
+        penalized = scores - config.missing_eos_penalty * (~rollout.ended).float()  # (B,)
+        rewards = kl_penalized_rewards(penalized, logprobs, ref_logprobs, mask, kl_coef)
+        self.check_finite("The per-token reward", rewards, batch, NonFiniteReward)
+        kl_per_completion = ((logprobs - ref_logprobs) * mask).sum(dim=1)  # (B,)
+        self.check_finite("The KL to the reference", kl_per_completion, batch)
+        kl = self.accelerator.reduce(kl_per_completion.mean().reshape(1), "mean").item()
+        if config.max_kl is not None and kl > config.max_kl:
+            raise self.stop(KLTooHigh, f"The policy's KL to the reference reached {kl:.1f} nats at "
+                            f"batch {batch}, past max_kl={config.max_kl}: raise kl_coef or lower lr "
+                            "(or raise max_kl to watch it drift on).")
+        return rewards, kl_per_completion, kl
 
+    def advantages(self, rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, batch: int):
+        """Step 6: advantages (whitened, by default) and returns (B, C) by GAE."""
+        advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
+        if self.config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        self.check_finite("An advantage", advantages, batch)
+        return advantages, returns
 
-def trained_weights(policy, train: str) -> list[torch.nn.Parameter]:
-    """The policy's weights that PPO changes (``PPOConfig.train``); the others get requires_grad=False.
+    def update(self, rollout: Rollout, experience: Experience, batch: int) -> dict[str, list[torch.Tensor]]:
+        """Step 7: ``ppo_epochs`` passes of minibatch updates of the clipped policy loss plus
+        vf_coef times the clipped value loss; returns each minibatch's losses and statistics."""
+        config, accelerator, e, mask = self.config, self.accelerator, experience, rollout.mask
+        prompt_width = rollout.query_ids.shape[1]
+        stats = {"loss/policy": [], "loss/value": [], "ppo/clipfrac": [], "ppo/approx_kl": [],
+                 "ppo/ratio": []}
+        size = len(rollout.prompts)
+        for epoch in range(config.ppo_epochs):
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(
+                _seed(config.seed, batch, epoch, accelerator.process_index, 7)))
+            for first in range(0, size, config.minibatch_size):
+                rows = order[first : first + config.minibatch_size].to(self.device)
+                new_logits, new_values = self.both(e.input_ids[rows], e.attention_mask[rows],
+                                                   e.position_ids[rows])
+                new_logprobs = completion_logprobs(predicting(new_logits, prompt_width),
+                                                   rollout.completion_ids[rows], config.temperature)
+                new_values = predicting(new_values, prompt_width)
+                policy_loss, clipfrac, approx_kl = clipped_policy_loss(
+                    new_logprobs, e.logprobs[rows], e.advantages[rows], mask[rows], config.clip_eps)
+                value_loss = clipped_value_loss(new_values, e.values[rows], e.returns[rows], mask[rows],
+                                                config.clip_eps_value)
+                loss = policy_loss + config.vf_coef * value_loss
+                self.check_finite("The PPO loss", loss.detach(), batch)
+                ratios = torch.exp(new_logprobs - e.logprobs[rows]).detach()  # (b, C)
+                ratio = accelerator.reduce(masked_mean(ratios, mask[rows]).reshape(1), "mean").item()
+                if epoch == 0 and first == 0:  # the policy has not moved yet: every ratio must be 1
+                    off = accelerator.reduce(masked_mean((ratios - 1).abs(), mask[rows]).reshape(1),
+                                             "mean").item()
+                    if off > self.ratio_tolerance:
+                        raise self.stop(RatioOutOfRange, f"Before the first update the probability ratio "
+                                        f"is {off:.4f} away from 1, not 1, at batch {batch}: sampling and "
+                                        "training compute different log-probabilities (dropout on, or a "
+                                        "different temperature or padding).")
+                if ratio > config.max_ratio:
+                    raise self.stop(RatioOutOfRange, f"The mean probability ratio reached {ratio:.1f} at "
+                                    f"batch {batch}, past max_ratio={config.max_ratio}: one update moved "
+                                    "the policy too far; lower lr.")
+                self.optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(self.both.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                for key, value in (("loss/policy", policy_loss), ("loss/value", value_loss),
+                                   ("ppo/clipfrac", clipfrac), ("ppo/approx_kl", approx_kl)):
+                    stats[key].append(value.detach().float())
+                stats["ppo/ratio"].append(torch.tensor(ratio))
+        return stats
 
-    ``"all"`` is ordinary fine-tuning. ``"final-norm"`` trains only ``final_norm(policy)``: a small
-    model with all its weights free learns a separate answer for each prompt it practises on
-    (``bench/HISTORY.md``, "recipes for PPO"); held to one vector shared by every prompt, it can only learn a
-    habit, and a habit carries over to prompts it never saw.
-    """
-    if train not in TRAIN_CHOICES:
-        raise ValueError(f"train={train!r} is not one of {TRAIN_CHOICES}: use 'final-norm' or 'all'.")
-    weights = list(policy.parameters()) if train == "all" else [final_norm(policy)]
-    chosen = {id(w) for w in weights}
-    for w in policy.parameters():
-        w.requires_grad_(id(w) in chosen)
-    return weights
-
-
-def ppo_optimizer(policy, value_model, config: PPOConfig, device) -> torch.optim.AdamW:
-    """One AdamW for both trained models: the policy's weights that ``config.train`` names at
-    ``config.lr``, and every weight of the value model at ``config.value_lr``."""
-    for w in value_model.parameters():
-        w.requires_grad_(True)
-    return adamw([{"params": trained_weights(policy, config.train), "lr": config.lr},
-                  {"params": list(value_model.parameters()), "lr": config.value_lr}], config.lr, device)
+    def metrics(self, batch: int, rollout: Rollout, scores: torch.Tensor, watched: torch.Tensor | None,
+                experience: Experience, stats: dict[str, list[torch.Tensor]]) -> dict:
+        """Step 8: the batch's history entry, averaged over processes, with a table of samples."""
+        e, mask, mean = experience, rollout.mask, self.mean
+        entry = {
+            "batch": batch,
+            "ppo/score": mean(scores),
+            "ppo/reward": mean((e.rewards * mask).sum(dim=1)),
+            "ppo/kl": e.kl,
+            "ppo/kl_coef": e.kl_coef,
+            "ppo/entropy": mean(masked_mean(e.entropies, mask)),
+            "ppo/completion_length": mean(mask.sum(dim=1).float()),
+            "ppo/ended": mean(rollout.ended.float()),
+            "ppo/explained_variance": mean(torch.tensor(explained_variance(e.values, e.returns, mask))),
+            **{key: mean(torch.stack(vals)) for key, vals in stats.items()},
+        }
+        if watched is not None:
+            entry["ppo/rubric_score"] = mean(watched)
+        entry["samples"] = [
+            {"prompt": rollout.prompts[i], "completion": rollout.completions[i], "score": scores[i].item(),
+             "reward": (e.rewards[i] * mask[i]).sum().item(), "kl": e.kl_per_completion[i].item(),
+             "ended": bool(rollout.ended[i]),
+             **({"rubric score": watched[i].item()} if watched is not None else {})}
+            for i in range(min(self.config.log_samples, len(rollout.prompts)))
+        ]
+        return entry
 
 
 def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts: Sequence[str],
@@ -532,9 +384,10 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
     Each history entry holds the batch's metrics and ``samples``, a table (list of dicts) of a few
     of its completions; ``on_batch(entry)``, when given, is called with each one as soon as its
-    batch is done (in the main process only), to draw live curves. Raises ``NonFiniteReward``/``NonFiniteLoss`` on a NaN or infinity,
-    ``KLTooHigh`` past ``config.max_kl`` and ``RatioOutOfRange`` when the probability ratio is
-    wrong; each carries the history so far as ``error.history``.
+    batch is done (in the main process only), to draw live curves. Raises ``NonFiniteReward`` or
+    ``NonFiniteLoss`` on a NaN or infinity, ``KLTooHigh`` past ``config.max_kl`` and
+    ``RatioOutOfRange`` when the probability ratio is wrong; each carries the history so far as
+    ``error.history``.
     """
     config = config or PPOConfig()
     if (reward_model is None) == (reward_fn is None):
@@ -545,9 +398,9 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     if not prompts:
         raise ValueError("prompts is empty: give the user prompts to practise on.")
     reward_tokenizer = reward_tokenizer or tokenizer
-    accelerator = _accelerator(policy.device)
+    accelerator = accelerator_for(policy.device)
     device = accelerator.device
-    if _vocab(ref_policy) != _vocab(policy) or _vocab(value_model) < len(tokenizer):
+    if vocab_size(ref_policy) != vocab_size(policy) or vocab_size(value_model) < len(tokenizer):
         raise ValueError("policy, ref_policy and value_model must read the same tokens: load all "
                          "three from the same model family as the tokenizer.")
     context = context_length(policy)
@@ -574,159 +427,37 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
                                              kl_control, config, accelerator.process_index)
         elif accelerator.is_main_process:
             print(f"No checkpoint in {checkpoint_dir} yet: starting from the first batch.")
+    run = _Run(config, accelerator, both, optimizer, ref_policy, tokenizer, reward_model, reward_tokenizer,
+               reward_fn, watch_fn, history)
 
-    def stop(error_type, message):
-        error = error_type(message)
-        error.history = history
-        return error
-
-    def check_finite(name: str, tensor: torch.Tensor, batch: int, error_type=NonFiniteLoss):
-        # Every process checks, then they agree, so that none waits forever for one that stopped.
-        bad = accelerator.reduce((~torch.isfinite(tensor)).sum().float().reshape(1).to(device), "sum")
-        if bad.item() > 0:
-            raise stop(error_type, f"{name} became NaN or infinite at batch {batch} ({int(bad.item())} "
-                       "values): check the reward, then lower lr or raise kl_coef and train again.")
-
-    stops = torch.tensor(sorted({tokenizer.eos_token_id, end_of_turn_id(tokenizer)}))
-    strict = next(policy.parameters()).dtype == torch.float32
-    ratio_tolerance = 1e-3 if strict else 5e-2  # 16-bit log-probabilities carry ~1e-2 of noise
-    global_batch = config.batch_size * accelerator.num_processes
     bar = tqdm(range(start, config.batches), desc="PPO", initial=start, total=config.batches,
                disable=not (progress and accelerator.is_main_process))
     for batch in bar:
-        unwrapped = accelerator.unwrap_model(both)
         # 1. Sample completions from the policy (this process's share of the batch's prompts).
-        chosen = prompt_indices(len(prompts), batch, global_batch, config.seed)
-        mine = chosen[accelerator.process_index * config.batch_size :][: config.batch_size]
-        batch_prompts = [prompts[i] for i in mine]
-        queries = [chat_prompt(tokenizer, p) for p in batch_prompts]
-        out = generate(unwrapped.policy, tokenizer, queries, max_new_tokens=config.max_new_tokens,
-                       temperature=config.temperature,
-                       seed=_seed(config.seed, batch, accelerator.process_index),
-                       batch_size=len(queries))
-        # The prompt's attention mask: a prompt may start with a token that is also padding.
-        query = tokenizer(queries, return_tensors="pt", padding=True, add_special_tokens=False)
-        query_ids, query_mask = query.input_ids.to(device), query.attention_mask.to(device)  # (B, P)
-        completion_ids = out.completion_ids.to(device)  # (B, C)
-        mask = out.completion_mask.to(device)  # (B, C): 1 on generated tokens, 0 after a stop
-        completions = [c.strip() for c in out.completions]
-        ended = (torch.isin(completion_ids, stops.to(device)) & mask.bool()).any(dim=1)  # (B,)
-
+        rollout = run.sample(prompts, batch)
         # 2. Score them: the reward model (or function), and the watched rubric.
-        if reward_fn is not None:
-            scores = torch.as_tensor(list(reward_fn(batch_prompts, completions)), dtype=torch.float32)
-        else:
-            scores = score(reward_model, reward_tokenizer, batch_prompts, completions)
-        scores = scores.to(device)  # (B,)
-        check_finite("The score of a completion", scores, batch, NonFiniteReward)
-        penalized = scores - config.missing_eos_penalty * (~ended).float()  # (B,)
-        watched = None
-        if watch_fn is not None:
-            watched = torch.as_tensor(list(watch_fn(batch_prompts, completions)), dtype=torch.float32)
-
-        # 3. Log-probabilities under the policy and the reference, values, entropy: no gradients.
-        prompt_width = query_ids.shape[1]
+        scores, watched = run.score(rollout, batch)
         with torch.no_grad():
-            input_ids, attention_mask, position_ids = join(query_ids, query_mask, completion_ids, mask)
-            logprobs, ref_logprobs, values, entropies = rollout_forward(
-                unwrapped, ref_policy, input_ids, attention_mask, position_ids, prompt_width,
-                config.temperature, rollout_rows(len(input_ids), input_ids.shape[1], _vocab(policy),
-                                                 config.minibatch_size))  # each (B, C)
-            values = values * mask  # (B, C)
-
+            # 3. Log-probabilities under the policy and the reference, values, entropy.
+            inputs, (logprobs, ref_logprobs, values, entropies) = run.forward(rollout)
             # 4. Per-token rewards: −kl_coef·KL on every token, the score on the last.
             kl_coef = kl_control.value
-            rewards = kl_penalized_rewards(penalized, logprobs, ref_logprobs, mask, kl_coef)
-            check_finite("The per-token reward", rewards, batch, NonFiniteReward)
-            kl_per_completion = ((logprobs - ref_logprobs) * mask).sum(dim=1)  # (B,)
-            check_finite("The KL to the reference", kl_per_completion, batch)
-            kl = accelerator.reduce(kl_per_completion.mean().reshape(1), "mean").item()
-            if config.max_kl is not None and kl > config.max_kl:
-                raise stop(KLTooHigh, f"The policy's KL to the reference reached {kl:.1f} nats at "
-                           f"batch {batch}, past max_kl={config.max_kl}: raise kl_coef or lower lr "
-                           "(or raise max_kl to watch it drift on).")
-
+            rewards, kl_per_completion, kl = run.rewards(scores, rollout, logprobs, ref_logprobs, kl_coef, batch)
             # 5. Optional whitening of the rewards (scale only: their sign means something).
             if config.whiten_rewards:
-                rewards = whiten(rewards, mask, shift_mean=False)
-
+                rewards = whiten(rewards, rollout.mask, shift_mean=False)
             # 6. Advantages and returns by GAE.
-            advantages, returns = compute_gae(rewards, values, mask, config.gamma, config.lam)
-            if config.whiten_advantages:
-                advantages = whiten(advantages, mask)
-            check_finite("An advantage", advantages, batch)
-
+            advantages, returns = run.advantages(rewards, values, rollout.mask, batch)
+        experience = Experience(*inputs, logprobs, ref_logprobs, values, entropies, rewards, kl_per_completion,
+                                kl, kl_coef, advantages, returns)
         # 7. Several epochs of minibatch updates: clipped policy loss + vf_coef · clipped value loss.
-        stats = {"loss/policy": [], "loss/value": [], "ppo/clipfrac": [], "ppo/approx_kl": [],
-                 "ppo/ratio": []}
-        size = len(batch_prompts)
-        for epoch in range(config.ppo_epochs):
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(
-                _seed(config.seed, batch, epoch, accelerator.process_index, 7)))
-            for first in range(0, size, config.minibatch_size):
-                rows = order[first : first + config.minibatch_size].to(device)
-                new_logits, new_values = both(input_ids[rows], attention_mask[rows], position_ids[rows])
-                new_logprobs = completion_logprobs(_predicting(new_logits, prompt_width),
-                                                   completion_ids[rows], config.temperature)
-                new_values = _predicting(new_values, prompt_width)
-                policy_loss, clipfrac, approx_kl = clipped_policy_loss(
-                    new_logprobs, logprobs[rows], advantages[rows], mask[rows], config.clip_eps)
-                value_loss = clipped_value_loss(new_values, values[rows], returns[rows], mask[rows],
-                                                config.clip_eps_value)
-                loss = policy_loss + config.vf_coef * value_loss
-                check_finite("The PPO loss", loss.detach(), batch)
-                ratios = torch.exp(new_logprobs - logprobs[rows]).detach()  # (b, C)
-                ratio = accelerator.reduce(masked_mean(ratios, mask[rows]).reshape(1), "mean").item()
-                if epoch == 0 and first == 0:  # the policy has not moved yet: every ratio must be 1
-                    off = accelerator.reduce(masked_mean((ratios - 1).abs(), mask[rows]).reshape(1),
-                                             "mean").item()
-                    if off > ratio_tolerance:
-                        raise stop(RatioOutOfRange, f"Before the first update the probability ratio "
-                                   f"is {off:.4f} away from 1, not 1, at batch {batch}: sampling and "
-                                   "training compute different log-probabilities (dropout on, or a "
-                                   "different temperature or padding).")
-                if ratio > config.max_ratio:
-                    raise stop(RatioOutOfRange, f"The mean probability ratio reached {ratio:.1f} at "
-                               f"batch {batch}, past max_ratio={config.max_ratio}: one update moved "
-                               "the policy too far; lower lr.")
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(both.parameters(), config.max_grad_norm)
-                optimizer.step()
-                for key, value in (("loss/policy", policy_loss), ("loss/value", value_loss),
-                                   ("ppo/clipfrac", clipfrac), ("ppo/approx_kl", approx_kl)):
-                    stats[key].append(value.detach().float())
-                stats["ppo/ratio"].append(torch.tensor(ratio))
-
+        stats = run.update(rollout, experience, batch)
         # 8. Metrics (averaged over processes) and a table of samples.
-        def mean(x: torch.Tensor) -> float:
-            return accelerator.reduce(x.float().mean().reshape(1).to(device), "mean").item()
-
-        lengths = mask.sum(dim=1).float()
-        entry = {
-            "batch": batch,
-            "ppo/score": mean(scores),
-            "ppo/reward": mean((rewards * mask).sum(dim=1)),
-            "ppo/kl": kl,
-            "ppo/kl_coef": kl_coef,
-            "ppo/entropy": mean(masked_mean(entropies, mask)),
-            "ppo/completion_length": mean(lengths),
-            "ppo/ended": mean(ended.float()),
-            "ppo/explained_variance": mean(torch.tensor(explained_variance(values, returns, mask))),
-            **{key: mean(torch.stack(vals)) for key, vals in stats.items()},
-        }
-        if watched is not None:
-            entry["ppo/rubric_score"] = mean(watched)
-        entry["samples"] = [
-            {"prompt": batch_prompts[i], "completion": completions[i], "score": scores[i].item(),
-             "reward": (rewards[i] * mask[i]).sum().item(), "kl": kl_per_completion[i].item(),
-             "ended": bool(ended[i]), **({"rubric score": watched[i].item()} if watched is not None else {})}
-            for i in range(min(config.log_samples, size))
-        ]
+        entry = run.metrics(batch, rollout, scores, watched, experience, stats)
         history.append(entry)
         if on_batch is not None and accelerator.is_main_process:
             on_batch(entry)
-        kl_control.update(kl, global_batch)
+        kl_control.update(kl, run.global_batch)
         bar.set_postfix(score=f"{entry['ppo/score']:.2f}", kl=f"{kl:.2f}")
         last = batch == config.batches - 1
         if checkpoint_dir is not None and (last or (config.checkpoint_every
@@ -737,7 +468,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
 
 
 # ----------------------------------------------------------------------------------------------
-# 8. Checkpoints: everything a resumed run needs to continue exactly
+# 3. Checkpoints: everything a resumed run needs to continue exactly
 # ----------------------------------------------------------------------------------------------
 
 CHECKPOINT = "ppo-checkpoint.pt"
@@ -789,7 +520,7 @@ def load_checkpoint(directory: Path, both: PolicyAndValue, optimizer,
 
 
 # ----------------------------------------------------------------------------------------------
-# 9. Watching the person's rubric, and the embedded ``ppo`` stage
+# 4. Watching the person's rubric, and the embedded ``ppo`` stage
 # ----------------------------------------------------------------------------------------------
 
 
@@ -815,14 +546,15 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
 
 def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, *, sft: str | Path,
               reward: str | Path, progress: bool = True, splits: Sequence[str] = ("feedback",)) -> dict:
-    """SFT model + reward model -> PPO on the world's ``feedback`` questions (or ``splits``) -> ``save_pretrained``.
+    """SFT model + reward model -> PPO on the world's ``feedback`` questions -> ``save_pretrained``.
 
     ``sft`` is the folder of the SFT model, the policy's start and the reference; ``reward`` the
-    folder of the reward model, which also starts the value model. ``splits`` are the world's splits whose questions PPO practises on (``heldout`` is
-    refused: it is what the result is judged on). The default is the questions whose replies the
-    reward model was trained on, where it judges best: on the facts of the ``ppo`` questions,
-    which it never saw ranked, its advice is little better than noise and PPO gains little there
-    (``bench/HISTORY.md``, "PPO that moves only the final norm's gains"). Returns the metadata; the caller writes it.
+    folder of the reward model, which also starts the value model. ``splits`` are the world's
+    splits whose questions PPO practises on (``heldout`` is refused: it is what the result is
+    judged on). The default is the questions whose replies the reward model was trained on, where
+    it judges best: on the facts of the ``ppo`` questions, which it never saw ranked, its advice is
+    little better than noise and PPO gains little there (``bench/HISTORY.md``, "PPO that moves
+    only the final norm's gains"). Returns the metadata; the caller writes it.
     """
     from .artifacts import read_metadata
     from .models import load_model, load_tokenizer

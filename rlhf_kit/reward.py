@@ -20,10 +20,11 @@ they are seen again and again, and the model overfits):
 Keeping a ranking together is also cheaper: its K completions are scored once each, instead of
 twice for each of the C(K,2) pairs.
 
-Sections: data (audit, split by prompt, grouping) → loss → training (the kit's own loop, written
-to be read, and TRL's ``RewardTrainer``, the path people use) → evaluation (held-out accuracy,
-accuracy against the noise-free rubric, score distributions, calibration) → the embedded
-``reward`` stage (completions sampled from the SFT model, ranked by the simulated labeler).
+Sections: loss → training (the kit's own loop, written to be read, and TRL's ``RewardTrainer``,
+the path people use) → the embedded ``reward`` stage (completions sampled from the SFT model,
+ranked by the simulated labeler). The data (audit, split by prompt, grouping) are in
+``pairs.py``; the scores and the evaluation (held-out accuracy, accuracy against the noise-free
+rubric, score distributions, calibration) in ``reward_eval.py``.
 
 The reward model reads a pair as the chat template writes it, a user turn then an assistant
 turn, exactly as TRL tokenizes a conversational preference dataset, so both trainers see the
@@ -38,13 +39,10 @@ models to follow instructions with human feedback* (InstructGPT), section 3.5.
 from __future__ import annotations
 
 import math
-import random
-import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from itertools import combinations
 from pathlib import Path
 
 import datasets
@@ -55,10 +53,14 @@ from tqdm.auto import tqdm
 
 from . import trainers
 from .artifacts import read_metadata
-from .feedback import (DEFAULT_NOISE, Item, Ranking, RankingStore, SimulatedLabeler, expand_pairs,
-                       shuffled_order)
+from .feedback import DEFAULT_NOISE, Item, Ranking, SimulatedLabeler, shuffled_order
 from .models import load_model, load_tokenizer
+from .pairs import audit_pairs, encode, group_batches, split_by_prompt
+from .pairs import InvalidPair, as_pairs, read_rankings  # noqa: F401 (the lesson's data, written in pairs.py)
 from .pretrain import learning_rate, make_optimizer
+from .reward_eval import evaluate_reward, pairwise_accuracy, score_ids
+from .reward_eval import (  # noqa: F401 (the lesson's scores and evaluation, written in reward_eval.py)
+    RewardReport, calibration_bins, noise_ceiling, score)
 from .runtime import NonFiniteLoss, seed_everything
 from .sampling import context_length, generate
 from .tokenizer import chat_prompt
@@ -95,182 +97,15 @@ class RewardConfig:
     eval_every: int = 20  # optimiser steps between held-out evaluations (0: only at the end)
 
 
-class InvalidPair(ValueError):
-    """A preference pair that cannot be trained on: an empty text, or chosen equal to rejected."""
-
-    def __init__(self, index: int, field: str, message: str):
-        super().__init__(f"Pair {index}, {field}: {message}")
-        self.index, self.field = index, field
-
-
 class PairCountMismatch(RuntimeError):
     """A trainer kept a different number of pairs than the audit said it would."""
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Data: pairs in, checked, split by prompt, grouped by ranking
+# 1. The loss
 # ----------------------------------------------------------------------------------------------
-
-
-def as_pairs(data) -> list[dict]:
-    """Preference pairs as rows ``{prompt, chosen, rejected, group_id, weight}``.
-
-    ``data`` is a list of ``Ranking`` (expanded with ``feedback.expand_pairs``), rows of that
-    form, or the ``datasets.Dataset`` of ``feedback.pairs_dataset``. A row without a group is a
-    group of its own, with weight 1.
-    """
-    if isinstance(data, datasets.Dataset):
-        data = data.to_list()
-    data = list(data)
-    if data and isinstance(data[0], Ranking):
-        return expand_pairs(data)[0]
-    rows = []
-    for index, row in enumerate(data):
-        if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
-            raise InvalidPair(index, "row", "a pair needs a 'prompt', a 'chosen' and a 'rejected' "
-                              "text; build pairs with feedback.expand_pairs.")
-        rows.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
-                     "group_id": row.get("group_id", -1 - index), "weight": row.get("weight", 1.0)})
-    return rows
-
-
-def read_rankings(path: str | Path, model: str | None = None,
-                  labeler_kind: str | None = "person") -> list[Ranking]:
-    """The rankings of a ranking store, read from a copy of it: the store itself is not touched.
-
-    Opening a store in place takes its write lock for a moment and checkpoints its journal on
-    closing; a copy (the database and its write-ahead log, which holds the latest rankings) is
-    read instead, so a learner's store is never written to, even while a widget writes to it.
-    A missing store has no rankings. ``model`` and ``labeler_kind`` ("person" by default: the
-    learner's own) filter them; None keeps all.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        return []
-    with tempfile.TemporaryDirectory(prefix="rlhf-kit-store-") as folder:
-        copy = Path(folder) / path.name
-        # A ranking committed while the files are copied is missed, never half-read: SQLite
-        # checks every frame of the log and ignores an incomplete one.
-        for suffix in ("", "-wal"):
-            source = path.with_name(path.name + suffix)
-            if source.exists():
-                shutil.copyfile(source, copy.with_name(copy.name + suffix))
-        with RankingStore(copy) as store:
-            rankings = store.rankings()
-    return [r for r in rankings if (model is None or r.model == model)
-            and (labeler_kind is None or r.labeler_kind == labeler_kind)]
-
-
-def conversation(prompt: str, completion: str) -> list[dict]:
-    """One side of a pair as the reward model reads it: the user's prompt, the assistant's reply."""
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-
-
-def encode(tokenizer, prompt: str, completion: str) -> list[int]:
-    """The token ids the reward model reads for one completion, exactly as TRL tokenizes them.
-
-    With a chat template: the rendered conversation (TRL's conversational format). Without one:
-    ``prompt``, a line break, ``completion`` and EOS. The line break matters: TRL joins a plain
-    prompt and completion with no separator at all ("...live?Alice lives...").
-    """
-    if tokenizer.chat_template:
-        return list(tokenizer.apply_chat_template(conversation(prompt, completion), tokenize=True,
-                                                  return_dict=True)["input_ids"])
-    text = prompt + "\n" + completion
-    if not text.endswith(tokenizer.eos_token):
-        text += tokenizer.eos_token
-    return list(tokenizer(text=text)["input_ids"])
-
-
-@dataclass
-class PairAudit:
-    """What the checks before training found: the pairs kept, and the ones dropped as too long."""
-
-    kept: list[dict]
-    dropped: list[dict]  # {"index", "prompt", "chosen_tokens", "rejected_tokens"}
-    max_length: int | None
-    n_pairs: int  # pairs that came in
-
-    def summary(self) -> str:
-        line = f"Pairs: {self.n_pairs} in, {len(self.kept)} kept"
-        if not self.dropped:
-            return line + "."
-        which = ", ".join(str(d["index"]) for d in self.dropped[:10])
-        more = f" and {len(self.dropped) - 10} more" if len(self.dropped) > 10 else ""
-        return (line + f", {len(self.dropped)} dropped as longer than max_length={self.max_length} "
-                f"tokens (pairs {which}{more}); raise max_length or shorten them.")
-
-
-def audit_pairs(pairs, tokenizer, max_length: int | None, verbose: bool = True) -> PairAudit:
-    """Check every pair before training: refuse bad ones, and say which are too long.
-
-    An empty prompt or completion, or a pair whose chosen and rejected texts are the same, raises
-    ``InvalidPair`` naming the pair: it teaches nothing, or contradicts itself. A pair whose chosen
-    or rejected side is longer than ``max_length`` tokens is dropped, and listed: TRL's
-    ``RewardTrainer`` drops such pairs without a word, and the kit's loop drops the same ones, so
-    both train on the same data.
-    """
-    rows = as_pairs(pairs)
-    if not rows:
-        raise ValueError("There are no pairs to train on: rank some completions first.")
-    kept, dropped = [], []
-    for index, row in enumerate(rows):
-        for name in ("prompt", "chosen", "rejected"):
-            if not isinstance(row[name], str) or not row[name].strip():
-                raise InvalidPair(index, name, "the text is empty; remove the pair or write the text.")
-        if row["chosen"].strip() == row["rejected"].strip():
-            raise InvalidPair(index, "rejected", "it is the same text as chosen, so the pair says "
-                              "nothing about preference; remove it.")
-        if not isinstance(row["weight"], (int, float)) or not row["weight"] > 0:
-            raise InvalidPair(index, "weight", f"is {row['weight']!r}; use a positive number "
-                              "(1/C(K,2) for the pairs of a ranking of K).")
-        if max_length is not None:
-            lengths = [len(encode(tokenizer, row["prompt"], row[side])) for side in ("chosen", "rejected")]
-            if max(lengths) > max_length:
-                dropped.append({"index": index, "prompt": row["prompt"],
-                                "chosen_tokens": lengths[0], "rejected_tokens": lengths[1]})
-                continue
-        kept.append(row)
-    audit = PairAudit(kept, dropped, max_length, len(rows))
-    if verbose:
-        print(audit.summary())
-    if not kept:
-        raise ValueError(f"Every pair is longer than max_length={max_length} tokens: raise it.")
-    return audit
-
-
-def split_by_prompt(pairs, heldout_share: float = 0.25, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Train and held-out pairs, split by prompt: every pair of a prompt lands on the same side.
-
-    Splitting pairs at random would put pairs of one ranking, which share their completions, on
-    both sides, and held-out accuracy would measure memory instead of judgement.
-    """
-    if not 0 < heldout_share < 1:
-        raise ValueError(f"heldout_share must be between 0 and 1, not {heldout_share}.")
-    rows = as_pairs(pairs)
-    prompts = sorted({row["prompt"] for row in rows})
-    if len(prompts) < 2:
-        raise ValueError("Pairs of at least two prompts are needed to hold some prompts out.")
-    random.Random(seed).shuffle(prompts)
-    n_heldout = min(len(prompts) - 1, max(1, round(heldout_share * len(prompts))))
-    heldout = set(prompts[:n_heldout])
-    return ([row for row in rows if row["prompt"] not in heldout],
-            [row for row in rows if row["prompt"] in heldout])
-
-
-def group_batches(rows: list[dict], rankings_per_batch: int, generator: torch.Generator) -> list[list[int]]:
-    """One epoch of batches: row indices, whole rankings at a time, rankings in a random order."""
-    groups: dict[int, list[int]] = {}
-    for index, row in enumerate(rows):
-        groups.setdefault(row["group_id"], []).append(index)
-    order = [list(groups)[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
-    return [[i for g in order[start : start + rankings_per_batch] for i in groups[g]]
-            for start in range(0, len(order), rankings_per_batch)]
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. The loss, and the accuracy
-# ----------------------------------------------------------------------------------------------
+# The data (pairs in, checked, split by prompt, grouped by ranking) are in pairs.py; the
+# scores, the accuracy that goes with the loss and the evaluation are in reward_eval.py.
 
 
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
@@ -303,68 +138,14 @@ def ranking_loss(scores: torch.Tensor, ranking: torch.Tensor | Sequence[int]) ->
     return bradley_terry_loss(ordered[better], ordered[worse])
 
 
-def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
-    """Share of pairs whose chosen side scores strictly higher (a tie is not a success, as in TRL)."""
-    return (chosen_scores > rejected_scores).float().mean()
-
-
 # ----------------------------------------------------------------------------------------------
-# 3. Training
+# 2. Training
 # ----------------------------------------------------------------------------------------------
 
 
 def effective_max_length(model, config: RewardConfig) -> int:
     """``config.max_length``, capped at the model's context."""
     return min(config.max_length, context_length(model) or config.max_length)
-
-
-def score_ids(model, ids: list[list[int]], pad_token_id: int) -> torch.Tensor:
-    """Scores (N,) of N token sequences, right-padded like TRL's collator.
-
-    The head reads the hidden state of the last token that is not padding, so padding changes
-    nothing. Gradients flow (use ``torch.no_grad`` around it to evaluate).
-    """
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        attention_mask[row, : len(x)] = 1
-    out = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                use_cache=False)
-    return out.logits[:, 0].float()  # (N,): one label, one score
-
-
-@torch.no_grad()
-def score(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-          batch_size: int = 64) -> torch.Tensor:
-    """The reward model's score of each (prompt, completion), shape (N,), float32 on the CPU.
-
-    Each pair is read as ``encode`` writes it with ``tokenizer``, the reward model's own (PPO's
-    policy may read other ids: ``train_ppo``'s ``reward_tokenizer``). PPO and GRPO are rewarded
-    with it, and the scoreboard and lessons 6 and 7 score with it. A pair longer than the model's context
-    raises a ValueError rather than being cut, which would lose its prompt or the end where the
-    score is read. No pair of the course comes near: a question and a reply of at most 24 new
-    tokens make some 40 of the embedded model's 128 positions.
-    """
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: give one "
-                         "prompt per completion.")
-    ids = [encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
-    if ids and max(max(x) for x in ids) >= model.get_input_embeddings().num_embeddings:
-        raise ValueError("The reward model's vocabulary is smaller than its tokenizer's: pass the "
-                         "reward model's own tokenizer as reward_tokenizer.")
-    context = context_length(model)
-    too_long = [i for i, x in enumerate(ids) if context and len(x) > context]
-    if too_long:
-        raise ValueError(f"Completion {too_long[0]} is {len(ids[too_long[0]])} tokens long with its "
-                         f"prompt, more than the model's context of {context}: shorten it.")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    scores = [score_ids(model, ids[i : i + batch_size], pad).cpu() for i in range(0, len(ids), batch_size)]
-    model.train(was_training)
-    return torch.cat(scores) if scores else torch.zeros(0)
 
 
 def _disable_dropout(model) -> None:
@@ -612,119 +393,7 @@ def train_reward_trl(model, tokenizer, pairs, config: RewardConfig | None = None
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RewardReport:
-    """How well a reward model imitates the person on held-out pairs."""
-
-    n_pairs: int
-    accuracy: float  # share of held-out pairs ordered as the labeler ordered them
-    ideal_accuracy: float | None  # the same against the noise-free rubric (None without a labeler)
-    n_ideal_pairs: int  # pairs the rubric orders strictly (its ties say nothing)
-    ceiling: float | None  # the best accuracy the labeler's noise allows (the rubric's, expected)
-    chosen_scores: list[float]
-    rejected_scores: list[float]
-    calibration: list[dict]  # bins: {"low", "high", "count", "predicted", "observed"}
-    calibration_error: float  # expected calibration error: Σ count/N · |observed − predicted|
-
-    def row(self) -> dict:
-        """One row of a table of results."""
-        return {"pairs": self.n_pairs, "accuracy": self.accuracy,
-                "accuracy vs rubric": self.ideal_accuracy, "noise ceiling": self.ceiling,
-                "calibration error": self.calibration_error}
-
-
-def calibration_bins(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor,
-                     bins: int = 5) -> tuple[list[dict], float]:
-    """Predicted probability against observed frequency, and the expected calibration error.
-
-    For each pair the model prefers one side with probability p = σ(|r_a − r_b|) ≥ 0.5; pairs are
-    binned by p, and in each bin the share where its preferred side was the chosen one is
-    compared with the mean p. A calibrated model that says 80 % is right 80 % of the time.
-    """
-    margin = (chosen_scores - rejected_scores).float()
-    predicted = torch.sigmoid(margin.abs())  # (N,): confidence in the preferred side
-    right = (margin > 0).float()  # (N,): the preferred side was the chosen one
-    edges = torch.linspace(0.5, 1.0, bins + 1)
-    table, error = [], 0.0
-    for b in range(bins):
-        low, high = edges[b].item(), edges[b + 1].item()
-        inside = (predicted >= low) & ((predicted < high) if b < bins - 1 else (predicted <= high))
-        count = int(inside.sum())
-        row = {"low": low, "high": high, "count": count, "predicted": None, "observed": None}
-        if count:
-            row["predicted"] = predicted[inside].mean().item()
-            row["observed"] = right[inside].mean().item()
-            error += count / len(margin) * abs(row["observed"] - row["predicted"])
-        table.append(row)
-    return table, error
-
-
-def _groups(rows: list[dict]) -> dict[int, tuple[str, list[str]]]:
-    """group_id -> (prompt, the distinct completions of that ranking that appear in its pairs)."""
-    groups: dict[int, tuple[str, list[str]]] = {}
-    for row in rows:
-        prompt, completions = groups.setdefault(row["group_id"], (row["prompt"], []))
-        for text in (row["chosen"], row["rejected"]):
-            if text not in completions:
-                completions.append(text)
-    return groups
-
-
-def noise_ceiling(pairs, labeler: SimulatedLabeler) -> float:
-    """The expected accuracy of the noise-free rubric on the labeler's own pairs.
-
-    With Gumbel noise β the labeler orders a pair with rubric gap g the rubric's way with
-    probability σ(|g|/β) (0.5 when g = 0), so no model can expect to agree with it more often.
-    """
-    rows = as_pairs(pairs)
-    total = 0.0
-    for row in rows:
-        chosen, rejected = labeler.scores(row["prompt"], [row["chosen"], row["rejected"]])
-        gap = abs(chosen - rejected)
-        if labeler.noise == 0:
-            total += 1.0 if gap else 0.5
-        else:
-            total += 1.0 / (1.0 + math.exp(-gap / labeler.noise))
-    return total / len(rows)
-
-
-def evaluate_reward(model, tokenizer, pairs, labeler: SimulatedLabeler | None = None,
-                    bins: int = 5) -> RewardReport:
-    """Held-out accuracy, accuracy against the rubric, score distributions and calibration.
-
-    ``pairs`` are held-out rankings or pair rows. With the ``labeler`` that made them, every two
-    completions of a ranking that the noise-free rubric orders strictly are also compared with
-    the rubric's order, and the accuracy its noise allows is computed (``noise_ceiling``).
-    """
-    rows = as_pairs(pairs)
-    chosen = score(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows])
-    rejected = score(model, tokenizer, [r["prompt"] for r in rows], [r["rejected"] for r in rows])
-    table, error = calibration_bins(chosen, rejected, bins)
-    ideal, n_ideal, ceiling = None, 0, None
-    if labeler is not None:
-        better, worse = [], []
-        for prompt, completions in _groups(rows).values():
-            rubric = labeler.scores(prompt, completions)
-            for i, j in combinations(range(len(completions)), 2):
-                if rubric[i] != rubric[j]:
-                    a, b = (i, j) if rubric[i] > rubric[j] else (j, i)
-                    better.append((prompt, completions[a]))
-                    worse.append((prompt, completions[b]))
-        n_ideal = len(better)
-        if n_ideal:
-            ideal = pairwise_accuracy(score(model, tokenizer, *zip(*better)),
-                                      score(model, tokenizer, *zip(*worse))).item()
-        ceiling = noise_ceiling(rows, labeler)
-    return RewardReport(len(rows), pairwise_accuracy(chosen, rejected).item(), ideal, n_ideal,
-                        ceiling, chosen.tolist(), rejected.tolist(), table, error)
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. The embedded reward model: completions of the SFT model, ranked by the simulated labeler
+# 3. The embedded reward model: completions of the SFT model, ranked by the simulated labeler
 # ----------------------------------------------------------------------------------------------
 
 

@@ -730,3 +730,10 @@ def test_a_hand_edited_line_whose_key_no_longer_matches_is_refused(tmp_path, sto
     assert len(store) == 0
     path.write_text(json.dumps(first) + "\n" + json.dumps({**edited, "key": ""}) + "\n")
     assert store.import_jsonl(path) == 2  # with the key deleted, it is derived again
+
+
+def test_the_default_store_is_in_the_artifacts_home(tmp_path, monkeypatch):
+    from rlhf_kit.feedback import default_store_path
+
+    monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
+    assert default_store_path() == tmp_path / "feedback" / "rankings.sqlite"

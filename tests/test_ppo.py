@@ -20,32 +20,36 @@ from rlhf_kit.checks import (
 )
 from rlhf_kit.models import load_model, load_tokenizer, new_gpt
 from rlhf_kit.ppo import (
+    build_ppo,
     CHECKPOINT,
-    ROLLOUT_LOGITS_BYTES,
-    AdaptiveKLController,
     CheckpointMismatch,
     KLTooHigh,
     NonFiniteReward,
-    PolicyAndValue,
     PPOConfig,
-    adamw,
-    RatioOutOfRange,
-    build_ppo,
-    clipped_policy_loss,
-    clipped_value_loss,
-    completion_logprobs,
-    compute_gae,
-    final_norm,
-    join,
-    kl_penalized_rewards,
-    ppo_optimizer,
     prompt_indices,
-    rollout_forward,
-    rollout_rows,
+    RatioOutOfRange,
     rubric_watch,
     train_ppo,
-    trained_weights,
+)
+from rlhf_kit.ppo_math import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    compute_gae,
+    kl_penalized_rewards,
     whiten,
+)
+from rlhf_kit.ppo_model import (
+    ROLLOUT_LOGITS_BYTES,
+    adamw,
+    completion_logprobs,
+    final_norm,
+    join,
+    PolicyAndValue,
+    ppo_optimizer,
+    rollout_forward,
+    rollout_rows,
+    trained_weights,
 )
 from rlhf_kit.reward import score
 from rlhf_kit.sampling import generate

@@ -50,7 +50,7 @@ def _small_tokenizer() -> Any:
 
 def _draw_conversation(generator: torch.Generator, ends_with_assistant: bool = True) -> list[dict]:
     """A random conversation: maybe a system message, then 1 to 3 questions and true answers."""
-    from ..sft import SYSTEM_PROMPTS, THANKS, WELCOME
+    from ..demonstrations import SYSTEM_PROMPTS, THANKS, WELCOME
     from ..world import World
 
     def pick(options):

@@ -119,7 +119,7 @@ def _kl_rewards_no_coef(scores, logprobs, ref_logprobs, mask, kl_coef):
 
 KL_PENALIZED_REWARDS = Exercise(
     name="kl_penalized_rewards",
-    reference="rlhf_kit.ppo:kl_penalized_rewards",
+    reference="rlhf_kit.ppo_math:kl_penalized_rewards",
     draw=_draw_kl_rewards,
     edge_cases=_kl_rewards_edges,
     mistakes=(
@@ -232,7 +232,7 @@ def _gae_returns_are_advantages(rewards, values, mask, gamma, lam):
 
 COMPUTE_GAE = Exercise(
     name="compute_gae",
-    reference="rlhf_kit.ppo:compute_gae",
+    reference="rlhf_kit.ppo_math:compute_gae",
     draw=_draw_gae,
     edge_cases=_gae_edges,
     mistakes=(
@@ -341,7 +341,7 @@ def _policy_loss_unmasked_loss_only(logprobs, old_logprobs, advantages, mask, cl
 
 CLIPPED_POLICY_LOSS = Exercise(
     name="clipped_policy_loss",
-    reference="rlhf_kit.ppo:clipped_policy_loss",
+    reference="rlhf_kit.ppo_math:clipped_policy_loss",
     draw=_draw_policy_loss,
     edge_cases=_policy_loss_edges,
     mistakes=(
@@ -435,7 +435,7 @@ def _value_loss_unmasked(values, old_values, returns, mask, clip_eps_value):
 
 CLIPPED_VALUE_LOSS = Exercise(
     name="clipped_value_loss",
-    reference="rlhf_kit.ppo:clipped_value_loss",
+    reference="rlhf_kit.ppo_math:clipped_value_loss",
     draw=_draw_value_loss,
     edge_cases=_value_loss_edges,
     mistakes=(
