@@ -57,7 +57,7 @@ from .feedback import DEFAULT_NOISE, Item, Ranking, SimulatedLabeler, shuffled_o
 from .models import load_model, load_tokenizer
 from .pairs import audit_pairs, encode, group_batches, split_by_prompt
 from .pairs import InvalidPair, as_pairs, read_rankings  # noqa: F401 (the lesson's data, written in pairs.py)
-from .pretrain import learning_rate, make_optimizer
+from .pretrain import learning_rate as cosine_schedule, make_optimizer
 from .reward_eval import evaluate_reward, pairwise_accuracy, score_ids
 from .reward_eval import (  # noqa: F401 (the lesson's scores and evaluation, written in reward_eval.py)
     RewardReport, calibration_bins, noise_ceiling, score)
@@ -148,6 +148,13 @@ def effective_max_length(model, config: RewardConfig) -> int:
     return min(config.max_length, context_length(model) or config.max_length)
 
 
+def learning_rate(step: int, total_steps: int, config: RewardConfig) -> float:
+    """Linear warmup, then cosine decay to 0: Hugging Face's "cosine" schedule, step by step
+    (``pretrain.learning_rate``); ``config.warmup`` is a share of the steps below 1, else steps."""
+    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+    return cosine_schedule(step, total_steps, config.lr, warmup)
+
+
 def _disable_dropout(model) -> None:
     """Dropout off (TRL does the same): a score should not depend on a coin flip."""
     for module in model.modules():
@@ -234,9 +241,7 @@ def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, ev
     weights = torch.tensor([row["weight"] for row in rows], dtype=torch.float, device=model.device)
     per_epoch = _steps_per_epoch(rows, config.rankings_per_batch)
     total_steps = max(1, math.ceil(config.epochs * per_epoch))
-    # Hugging Face's AdamW and "cosine" schedule (down to 0); config.warmup: a share of the steps, or steps
-    warmup = math.ceil(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)  # Hugging Face's AdamW
     model.train()
     history: list[dict] = []
     window: dict[str, list[float]] = {"loss/train": [], "reward/accuracy": [], "reward/margin": []}
@@ -256,7 +261,7 @@ def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, ev
                 raise NonFiniteLoss(f"The reward model's loss became {loss.item()} at step {step} "
                                     f"of {total_steps}: lower the learning rate and train again.")
             # 4. one optimiser step at the scheduled learning rate
-            lr = learning_rate(step - 1, total_steps, config.lr, warmup)
+            lr = learning_rate(step - 1, total_steps, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -360,8 +365,8 @@ def make_trl_trainer(model, tokenizer, rows: list[dict], config: RewardConfig, o
     max_length = effective_max_length(model, config)
     batch_size = pairs_per_batch(rows, config.rankings_per_batch)
     args = trl_arguments(config, output_dir, model.device, batch_size, max_length, bool(eval_rows))
-    return trainers.make(_RewardTrainer, trainers.Progress(progress, "training the reward model (TRL)", _record),
-                         model=model, args=args, processing_class=tokenizer,
+    progress_bar = trainers.Progress(progress, "training the reward model (TRL)", _record)
+    return trainers.make(_RewardTrainer, progress_bar, model=model, args=args, processing_class=tokenizer,
                          train_dataset=to_trl_dataset(rows, tokenizer),
                          eval_dataset=to_trl_dataset(eval_rows, tokenizer) if eval_rows else None)
 

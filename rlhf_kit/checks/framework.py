@@ -185,6 +185,11 @@ class Run:
     changed: list[str] = field(default_factory=list)  # inputs the learner modified in place
 
 
+def draw_int(generator: torch.Generator, low: int, high: int) -> int:
+    """A random integer from ``low`` to ``high``, both included, drawn from ``generator``."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
 def _copy(inputs: Inputs) -> Inputs:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .framework import Exercise, Inputs, Mistake
+from .framework import Exercise, Inputs, Mistake, draw_int
 
 
 # -- softmax with temperature --------------------------------------------------------------------
@@ -18,11 +18,9 @@ from .framework import Exercise, Inputs, Mistake
 
 def _random_logits(generator: torch.Generator, vocab: tuple[int, int] = (2, 40)) -> torch.Tensor:
     """Logits of a random shape: (V,), (B, V) or (B, T, V), at a random scale."""
-    def randint(low, high):
-        return int(torch.randint(low, high + 1, (), generator=generator))
-
-    batch, time, vocab_size = randint(1, 4), randint(2, 6), randint(*vocab)
-    shape = [(vocab_size,), (batch, vocab_size), (batch, time, vocab_size)][randint(0, 2)]
+    batch, time = draw_int(generator, 1, 4), draw_int(generator, 2, 6)
+    vocab_size = draw_int(generator, *vocab)
+    shape = [(vocab_size,), (batch, vocab_size), (batch, time, vocab_size)][draw_int(generator, 0, 2)]
     scale = 0.5 + 3.5 * float(torch.rand((), generator=generator))
     return torch.randn(shape, generator=generator) * scale
 
@@ -265,10 +263,7 @@ def check_top_p_filter(fn: Callable[..., torch.Tensor]) -> None:
 
 
 def _draw_next_token(generator: torch.Generator) -> Inputs:
-    def randint(low, high):
-        return int(torch.randint(low, high + 1, (), generator=generator))
-
-    batch, time, vocab = randint(1, 4), randint(3, 10), randint(3, 30)
+    batch, time, vocab = draw_int(generator, 1, 4), draw_int(generator, 3, 10), draw_int(generator, 3, 30)
     logits = torch.randn(batch, time, vocab, generator=generator) * 2
     input_ids = torch.randint(vocab, (batch, time), generator=generator)
     return {"logits": logits, "input_ids": input_ids}

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .framework import Exercise, Inputs, Mistake, TextExercise
+from .framework import Exercise, Inputs, Mistake, TextExercise, draw_int
 
 
 # These checks need a tokenizer with the kit's chat template. The notebook passes its own; on
@@ -167,17 +167,14 @@ def check_loss_mask(fn: Callable[..., torch.Tensor], tokenizer: Any = None) -> N
 
 
 def _draw_sft_loss(generator: torch.Generator) -> Inputs:
-    def randint(low, high):
-        return int(torch.randint(low, high + 1, (), generator=generator))
-
-    batch, time, vocab = randint(2, 4), randint(4, 12), randint(3, 30)
+    batch, time, vocab = draw_int(generator, 2, 4), draw_int(generator, 4, 12), draw_int(generator, 3, 30)
     logits = torch.randn(batch, time, vocab, generator=generator) * 2
     labels = torch.randint(vocab, (batch, time), generator=generator)
     # Each row: a prompt of random length, then the assistant's tokens, then padding.
     loss_mask = torch.zeros(batch, time, dtype=torch.long)
     for row in range(batch):
-        start = randint(1, time - 2)
-        loss_mask[row, start : randint(start + 1, time)] = 1
+        start = draw_int(generator, 1, time - 2)
+        loss_mask[row, start : draw_int(generator, start + 1, time)] = 1
     return {"logits": logits, "labels": labels, "loss_mask": loss_mask}
 
 

@@ -11,17 +11,13 @@ from typing import Any
 
 import torch
 
-from .framework import DataExercise, Inputs, Mistake
+from .framework import DataExercise, Inputs, Mistake, draw_int
 
 
 # The answers here are plain Python data (pairs of indices, counts, a share), not tensors, and
 # the inputs are tuples, so that no function can change them in place. A ranking lists completion
 # indices best first; ties are pairs (i, j) with i < j joining two neighbours of the ranking, as
 # ``feedback.Ranking`` stores them. Rankings have 2 to 9 completions, as InstructGPT's had 4 to 9.
-
-
-def _feedback_randint(generator: torch.Generator, low: int, high: int) -> int:
-    return int(torch.randint(low, high + 1, (), generator=generator))
 
 
 def _draw_ties(generator: torch.Generator, ranking: tuple[int, ...], share: float = 0.3) -> tuple:
@@ -57,7 +53,7 @@ def _sorted_pairs(result: Any) -> Any:
 
 
 def _draw_pairs(generator: torch.Generator) -> Inputs:
-    ranking, ties = _draw_ranking_with_ties(generator, _feedback_randint(generator, 2, 9))
+    ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 9))
     return {"ranking": ranking, "ties": ties}
 
 
@@ -184,8 +180,8 @@ def _second_opinion(generator: torch.Generator, ranking: tuple[int, ...]) -> tup
 
 def _draw_agreement(generator: torch.Generator) -> Inputs:
     first, second = [], []
-    for _ in range(_feedback_randint(generator, 1, 5)):
-        ranking, ties = _draw_ranking_with_ties(generator, _feedback_randint(generator, 2, 7))
+    for _ in range(draw_int(generator, 1, 5)):
+        ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 7))
         first.append((ranking, ties))
         second.append(_second_opinion(generator, ranking))
     return {"first": tuple(first), "second": tuple(second)}

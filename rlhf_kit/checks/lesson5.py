@@ -10,17 +10,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .framework import Exercise, Inputs, Mistake
+from .framework import Exercise, Inputs, Mistake, draw_int
 
 
 # References live in ``rlhf_kit.bandits``. Inputs are small batches of independent bandits: R
 # runs of K arms. Rewards are drawn around an offset of -2 to 5 and baselines are never 0, so a
 # forgotten or reversed baseline shows; edge cases hold logits of ±1000 (exp overflows, log of a
 # softmax that underflowed is -inf), the first reward of an arm (count 1) and equal scores.
-
-
-def _l05_randint(generator: torch.Generator, low: int, high: int) -> int:
-    return int(torch.randint(low, high + 1, (), generator=generator))
 
 
 def _l05_scale(generator: torch.Generator) -> float:
@@ -31,8 +27,8 @@ def _l05_scale(generator: torch.Generator) -> float:
 
 
 def _draw_sample_average(generator: torch.Generator) -> Inputs:
-    runs, arms = _l05_randint(generator, 1, 8), _l05_randint(generator, 2, 6)
-    shape = [(runs,), (runs, arms)][_l05_randint(generator, 0, 1)]
+    runs, arms = draw_int(generator, 1, 8), draw_int(generator, 2, 6)
+    shape = [(runs,), (runs, arms)][draw_int(generator, 0, 1)]
     estimate = torch.randn(shape, generator=generator) * 2
     count = torch.randint(2, 60, shape, generator=generator).float()  # rewards seen, this one included
     reward = estimate + torch.randn(shape, generator=generator) * _l05_scale(generator) + 1.0
@@ -130,7 +126,7 @@ def check_sample_average_update(fn: Callable[..., torch.Tensor]) -> None:
 
 
 def _draw_policy_gradient(generator: torch.Generator) -> Inputs:
-    runs, arms = _l05_randint(generator, 1, 8), _l05_randint(generator, 2, 10)
+    runs, arms = draw_int(generator, 1, 8), draw_int(generator, 2, 10)
     logits = torch.randn(runs, arms, generator=generator) * _l05_scale(generator)
     return {"logits": logits, "actions": torch.randint(arms, (runs,), generator=generator)}
 
@@ -224,7 +220,7 @@ def check_log_policy_gradient(fn: Callable[..., torch.Tensor]) -> None:
 
 
 def _draw_reinforce(generator: torch.Generator) -> Inputs:
-    runs, arms = _l05_randint(generator, 2, 16), _l05_randint(generator, 2, 8)
+    runs, arms = draw_int(generator, 2, 16), draw_int(generator, 2, 8)
     offset = -2.0 + 7.0 * float(torch.rand((), generator=generator))
     rewards = offset + torch.randn(runs, generator=generator) * _l05_scale(generator)
     if float(torch.rand((), generator=generator)) < 0.7:  # a number: the average reward so far
@@ -334,8 +330,8 @@ def check_reinforce_loss(fn: Callable[..., torch.Tensor]) -> None:
 
 
 def _draw_preference(generator: torch.Generator) -> Inputs:
-    n = _l05_randint(generator, 1, 10)
-    shape = [(n,), (_l05_randint(generator, 2, 4), n)][_l05_randint(generator, 0, 1)]
+    n = draw_int(generator, 1, 10)
+    shape = [(n,), (draw_int(generator, 2, 4), n)][draw_int(generator, 0, 1)]
     scale = _l05_scale(generator)
     return {"score_a": torch.randn(shape, generator=generator) * scale,
             "score_b": torch.randn(shape, generator=generator) * scale}

@@ -9,16 +9,12 @@ from typing import Any
 
 import torch
 
-from .framework import Exercise, Inputs, Mistake
+from .framework import Exercise, Inputs, Mistake, draw_int
 
 
 # Inputs look like one batch of PPO: B completions of up to T tokens, each a run of real tokens
 # (mask 1) followed by padding (mask 0), as ``sampling.generate`` returns them. Values of padding
 # are random on purpose: a value model outputs something there too, and GAE must not use it.
-
-
-def _ppo_randint(generator: torch.Generator, low: int, high: int) -> int:
-    return int(torch.randint(low, high + 1, (), generator=generator))
 
 
 def _ppo_pick(generator: torch.Generator, options: Sequence[Any]) -> Any:
@@ -29,7 +25,7 @@ def _completion_mask(generator: torch.Generator, batch: int, time: int) -> torch
     """(B, T) long: each row 1 on its first 1..T tokens, 0 after; at least one row padded if T > 1."""
     lengths = torch.randint(1, time + 1, (batch,), generator=generator)
     if time > 1:
-        lengths[int(torch.randint(batch, (), generator=generator))] = _ppo_randint(generator, 1, time - 1)
+        lengths[int(torch.randint(batch, (), generator=generator))] = draw_int(generator, 1, time - 1)
     return (torch.arange(time)[None, :] < lengths[:, None]).long()
 
 
@@ -42,7 +38,7 @@ def _ppo_masked_mean(x, mask):
 
 
 def _draw_kl_rewards(generator: torch.Generator) -> Inputs:
-    batch, time = _ppo_randint(generator, 1, 4), _ppo_randint(generator, 2, 8)
+    batch, time = draw_int(generator, 1, 4), draw_int(generator, 2, 8)
     return {"scores": torch.randn(batch, generator=generator) * 2,
             "logprobs": -torch.rand(batch, time, generator=generator) * 4,
             "ref_logprobs": -torch.rand(batch, time, generator=generator) * 4,
@@ -161,7 +157,7 @@ def check_kl_penalized_rewards(fn: Callable[..., torch.Tensor]) -> None:
 
 
 def _draw_gae(generator: torch.Generator) -> Inputs:
-    batch, time = _ppo_randint(generator, 1, 4), _ppo_randint(generator, 2, 8)
+    batch, time = draw_int(generator, 1, 4), draw_int(generator, 2, 8)
     mask = _completion_mask(generator, batch, time)
     return {"rewards": torch.randn(batch, time, generator=generator) * mask,
             "values": torch.randn(batch, time, generator=generator),  # padding too: not to be used
@@ -264,7 +260,7 @@ def check_compute_gae(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> N
 
 
 def _draw_policy_loss(generator: torch.Generator) -> Inputs:
-    batch, time = _ppo_randint(generator, 1, 4), _ppo_randint(generator, 2, 8)
+    batch, time = draw_int(generator, 1, 4), draw_int(generator, 2, 8)
     old_logprobs = -torch.rand(batch, time, generator=generator) * 4
     return {"logprobs": old_logprobs + torch.randn(batch, time, generator=generator) * 0.4,
             "old_logprobs": old_logprobs,
@@ -386,7 +382,7 @@ def check_clipped_policy_loss(fn: Callable[..., tuple]) -> None:
 
 
 def _draw_value_loss(generator: torch.Generator) -> Inputs:
-    batch, time = _ppo_randint(generator, 1, 4), _ppo_randint(generator, 2, 8)
+    batch, time = draw_int(generator, 1, 4), draw_int(generator, 2, 8)
     old_values = torch.randn(batch, time, generator=generator)
     return {"values": old_values + torch.randn(batch, time, generator=generator) * 0.4,
             "old_values": old_values,
