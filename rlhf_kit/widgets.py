@@ -77,6 +77,18 @@ class _LabelingWidget(widgets.VBox):
         self.message = text
         self._message.value = _html(text, style) if text else ""
 
+    def _store(self, make: Callable[[], object], add: Callable[[object], bool], done: str) -> bool:
+        """Make a record and store it with ``add``, then show the next item. A record that cannot
+        be made or stored shows its error in the widget and stores nothing. Returns True if stored
+        (or already stored, from another notebook)."""
+        try:
+            added = add(make())
+        except Exception as error:  # noqa: BLE001 - shown in the widget, nothing stored
+            self._error(_explain(error))
+            return False
+        self._next("Saved." if added else f"Already {done} (in another notebook?); moving on.")
+        return True
+
     def _error(self, text: str) -> None:
         self._say(text, ERROR_STYLE)
 
@@ -223,15 +235,10 @@ class RankingWidget(_LabelingWidget):
         if item is None:
             self._error("Every prompt is done; there is nothing left to submit.")
             return False
-        try:
-            record = Ranking(item.prompt, item.completions, ranking, ties, shown_order=self.order,
-                             model=item.model, labeler=self.labeler, labeler_kind=self.labeler_kind)
-            added = self.store.add(record)
-        except Exception as error:  # noqa: BLE001 - shown in the widget, nothing stored
-            self._error(_explain(error))
-            return False
-        self._next("Saved." if added else "Already ranked (in another notebook?); moving on.")
-        return True
+        return self._store(lambda: Ranking(item.prompt, item.completions, ranking, ties,
+                                           shown_order=self.order, model=item.model,
+                                           labeler=self.labeler, labeler_kind=self.labeler_kind),
+                           self.store.add, "ranked")
 
     # -- drawing --------------------------------------------------------------------------------
 
@@ -334,16 +341,10 @@ class ComparisonWidget(_LabelingWidget):
             return False
         winner = None if choice == "tie" else self.order["AB".index(choice)]
         item = self.current
-        try:
-            record = Comparison(item.prompt, item.completions, item.models, winner,
-                                shown_order=self.order, labeler=self.labeler,
-                                labeler_kind=self.labeler_kind)
-            added = self.store.add_comparison(record)
-        except Exception as error:  # noqa: BLE001 - shown in the widget, nothing stored
-            self._error(_explain(error))
-            return False
-        self._next("Saved." if added else "Already compared (in another notebook?); moving on.")
-        return True
+        return self._store(lambda: Comparison(item.prompt, item.completions, item.models, winner,
+                                              shown_order=self.order, labeler=self.labeler,
+                                              labeler_kind=self.labeler_kind),
+                           self.store.add_comparison, "compared")
 
     def skip(self) -> bool:
         """Move on without comparing (remembered in the store)."""
