@@ -26,7 +26,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for stage, build in (("dpo", alternatives.build_dpo), ("grpo", alternatives.build_grpo)):
             started = time.perf_counter()
-            meta = build(f"{root}/{stage}", progress=False)
+            meta = build(f"{root}/{stage}", sft=folders["sft"], reward=folders["reward"], progress=False)
             write_metadata(f"{root}/{stage}", {"stage": stage, **meta})  # the scoreboard reads its build time
             print(f"{stage}: built in {time.perf_counter() - started:.1f} s (the stage alone: {meta['seconds']:.1f} s; "
                   f"training {meta['history'][-1]['seconds']:.1f} s)", flush=True)

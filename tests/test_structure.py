@@ -377,3 +377,18 @@ def test_notebook_checker_reports_names_that_do_not_exist(tmp_path):
         f"{where}: cell 4: rlhf_kit.missing_module does not exist",
         f"{where}: cell 5: does not parse ('(' was never closed, line 1)",
     ]
+
+
+SCRIPTS = sorted((ROOT / "bench").rglob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_benchmarks_import_names_that_exist(script):
+    """The benchmarks are run by hand, not by the suite: a renamed function must fail here instead."""
+    names, text = NotebookNames(str(script.relative_to(ROOT))), script.read_text(encoding="utf-8")
+    names.check_cell(0, text)
+    assert not names.problems, "\n".join(names.problems)
+    imports = [node for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").split(".")[0] == PACKAGE]
+    if imports:
+        assert names.checked, f"{script.name} imports from {PACKAGE}, but no name of it was checked"
