@@ -77,6 +77,14 @@ class _LabelingWidget(widgets.VBox):
         self.message = text
         self._message.value = _html(text, style) if text else ""
 
+    def skip(self) -> bool:
+        """Move on without labelling this prompt (remembered in the store, so it stays skipped)."""
+        if self.current is None:
+            return False
+        self.store.skip(self.current, self.labeler)
+        self._next("Skipped.")
+        return True
+
     def _store(self, make: Callable[[], object], add: Callable[[object], bool], done: str) -> bool:
         """Make a record and store it with ``add``, then show the next item. A record that cannot
         be made or stored shows its error in the widget and stores nothing. Returns True if stored
@@ -205,14 +213,6 @@ class RankingWidget(_LabelingWidget):
         self._tie.value = False
         self._say("")
         self._show_badges()
-
-    def skip(self) -> bool:
-        """Move on without ranking this prompt (remembered in the store, so it stays skipped)."""
-        if self.current is None:
-            return False
-        self.store.skip(self.current, self.labeler)
-        self._next("Skipped.")
-        return True
 
     def submit(self) -> bool:
         """Validate and store the clicked ranking; returns True when it was stored."""
@@ -345,14 +345,6 @@ class ComparisonWidget(_LabelingWidget):
                                               shown_order=self.order, labeler=self.labeler,
                                               labeler_kind=self.labeler_kind),
                            self.store.add_comparison, "compared")
-
-    def skip(self) -> bool:
-        """Move on without comparing (remembered in the store)."""
-        if self.current is None:
-            return False
-        self.store.skip(self.current, self.labeler)
-        self._next("Skipped.")
-        return True
 
     def _next(self, message: str = "") -> None:
         left = self._show_progress()

@@ -278,22 +278,22 @@ class RankingStore:
         """
         if not isinstance(record, Ranking):
             raise TypeError(f"add() takes a Ranking, not {type(record).__name__}.")
-        row = self._row(record, RANKING_COLUMNS)
-        row = (key or row[0], *row[1:])
-        with self._transaction() as con:
-            cursor = con.execute(f"INSERT OR IGNORE INTO rankings ({', '.join(RANKING_COLUMNS)}) "
-                                 f"VALUES ({', '.join('?' * len(RANKING_COLUMNS))})", row)
-        return cursor.rowcount == 1
+        return self._insert("rankings", RANKING_COLUMNS, record, key)
 
     def add_comparison(self, record: Comparison, key: str | None = None) -> bool:
         """Store one blind comparison durably; True if stored, False if its key was already there."""
         if not isinstance(record, Comparison):
             raise TypeError(f"add_comparison() takes a Comparison, not {type(record).__name__}.")
-        row = self._row(record, COMPARISON_COLUMNS)
+        return self._insert("comparisons", COMPARISON_COLUMNS, record, key)
+
+    def _insert(self, table: str, columns: tuple[str, ...], record, key: str | None) -> bool:
+        """One record's row into ``table`` in its own transaction, unless its key is there already
+        (``key`` replaces the record's own); True if it was stored."""
+        row = self._row(record, columns)
         row = (key or row[0], *row[1:])
         with self._transaction() as con:
-            cursor = con.execute(f"INSERT OR IGNORE INTO comparisons ({', '.join(COMPARISON_COLUMNS)}) "
-                                 f"VALUES ({', '.join('?' * len(COMPARISON_COLUMNS))})", row)
+            cursor = con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
+                                 f"VALUES ({', '.join('?' * len(columns))})", row)
         return cursor.rowcount == 1
 
     def skip(self, item: Item | ComparisonItem, labeler: str = "you") -> None:
