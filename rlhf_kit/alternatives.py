@@ -372,8 +372,8 @@ def _texts(prompts, completions) -> tuple[list[str], list[str]]:
 
 
 def reward_model_reward(reward_model, reward_tokenizer):
-    """GRPO's reward function: the reward model's score of each reply (``reward.score``)."""
-    from .reward import score
+    """GRPO's reward function: the reward model's score of each reply (``reward_eval.score``)."""
+    from .reward_eval import score
 
     def reward_model_score(prompts, completions, **_):
         questions, replies = _texts(prompts, completions)

@@ -40,7 +40,7 @@ from pathlib import Path
 from .artifacts import build_folder, is_ready, read_metadata, stage_dir
 from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies, mean_interval
 from .models import EMBEDDED, load_model, load_tokenizer
-from .reward import score
+from .reward_eval import score
 from .sampling import generate
 from .stages import RECIPE, build_stage, ensure_stage
 from .world import World

@@ -64,7 +64,7 @@ from .ppo_math import (AdaptiveKLController, clipped_policy_loss, clipped_value_
 from .ppo_model import (PolicyAndValue, accelerator_for, completion_logprobs, join, ppo_optimizer, predicting,
                         rollout_forward, rollout_rows, vocab_size)
 from .ppo_model import final_norm  # noqa: F401 (lesson 6 reads it as ppo.final_norm)
-from .reward import score  # section 5
+from .reward_eval import score  # section 5
 from .runtime import NonFiniteLoss  # a loss, KL, value or advantage became NaN or infinite
 from .sampling import context_length, generate
 from .tokenizer import chat_prompt, end_of_turn_id  # section 5
@@ -123,8 +123,8 @@ class CheckpointMismatch(ValueError):
 # ----------------------------------------------------------------------------------------------
 #
 # ``tokenizer.chat_prompt``: what the policy continues, the prompt's user turn and the assistant's
-# tag. ``reward.score``: the reward model reads the prompt and the completion as the reward stage
-# trained it to (``reward.encode``), through its own tokenizer, and scores them. Both are imported
+# tag. ``reward_eval.score``: the reward model reads the prompt and the completion as the reward stage
+# trained it to (``pairs.encode``), through its own tokenizer, and scores them. Both are imported
 # above.
 
 
