@@ -184,6 +184,7 @@ def run_seed(seed: int, args) -> dict:
     rm = load_model(folder, kind="reward")
     history = train(rm, tokenizer, train_rows, rconfig, heldout_rows, progress=False)
     rm.eval()
+    rm.save_pretrained(Path(args.work) / f"reward-{seed}")
     out["rm_seconds"] = time.perf_counter() - t1
     out["rm_eval_vs_labeler"] = [h.get("reward/eval_accuracy") for h in history if "reward/eval_accuracy" in h][-1:]
 
@@ -203,6 +204,10 @@ def run_seed(seed: int, args) -> dict:
             right = (ja.score > jb.score) == (rm_scores[a] > rm_scores[b])
             kinds[kind][0] += right
             kinds[kind][1] += 1
+            if kind == "behaviour only" and len(differ) == 1:  # by the one behaviour that differs
+                one = kinds.setdefault(f"only {differ[0]}", [0, 0])
+                one[0] += right
+                one[1] += 1
     out["rm_accuracy"] = {k: (r / n if n else float("nan"), n) for k, (r, n) in kinds.items()}
     print(f"seed {seed}: reward model {out['rm_seconds']:.0f} s, {out['rm_accuracy']}", flush=True)
 
@@ -231,13 +236,16 @@ def _spread(values: list[float], digits: int = 2) -> str:
 def summarise(results: list[dict]) -> None:
     """Markdown tables: each figure as the mean over seeds, with min to max."""
     seeds = [r["seed"] for r in results]
-    variant = next(iter(results[0]["ppo"]))
-    ppo = [r["ppo"][variant] for r in results]
+    variant = next(iter(results[0]["ppo"]), None)
     print(f"Seeds {seeds}; PPO lr:kl_coef = {variant}; held-out tasks scored by the noise-free rubric.\n")
     print("| reward model: pairwise accuracy on held-out pairs | accuracy | pairs per seed |\n|---|---|---|")
-    for kind in results[0]["rm_accuracy"]:
-        print(f"| {kind} | {_spread([r['rm_accuracy'][kind][0] for r in results])} | "
-              f"{_spread([r['rm_accuracy'][kind][1] for r in results], 0)} |")
+    kinds = list(dict.fromkeys(k for r in results for k in r["rm_accuracy"]))
+    for kind in kinds:
+        found = [r["rm_accuracy"][kind] for r in results if kind in r["rm_accuracy"]]
+        print(f"| {kind} | {_spread([f[0] for f in found])} | {_spread([f[1] for f in found], 0)} |")
+    if variant is None:
+        return
+    ppo = [r["ppo"][variant] for r in results]
     print("\n| model | rubric score |\n|---|---|")
     for temp in TEMPERATURES:
         print(f"| SFT, T={temp} | {_spread([r['sft_by_temperature'][str(temp)] for r in results])} |")
@@ -278,7 +286,7 @@ def main() -> None:
     parser.add_argument("--rm-epochs", type=float, default=4.0)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--ppo", nargs="+", default=["1e-5:0.05"], help="PPO variants, lr:kl_coef")
+    parser.add_argument("--ppo", nargs="*", default=["1e-5:0.05"], help="PPO variants, lr:kl_coef")
     parser.add_argument("--summarise", default=None, help="only print the tables of a saved --out file")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--work", default="/tmp/behaviours-work")

@@ -39,7 +39,7 @@ def _unknown(world) -> Task:
 
 # -- the rubric, one hand-written reply per behaviour and value ---------------------------------
 
-# (kind, reply with {p} for the person and {a}/{b} for the true facts' sentences, behaviour, value)
+# (kind, reply with {p} for the person and {a} for the true fact's sentence, behaviour, value)
 CASES = [
     ("fact", "Sure! {a}", "polite", True),
     ("fact", "Fine. {a}", "polite", False),
@@ -47,8 +47,6 @@ CASES = [
     ("fact", "Sure! {a} {other}", "concise", False),
     ("fact", "Sure! {a}", "true", True),
     ("fact", "Sure! {wrong}", "true", False),
-    ("two_part", "Sure! {a} {b}", "complete", True),
-    ("two_part", "Sure! {a}", "complete", False),
     ("unknown", "Sorry, " + ADMIT, "admits", True),
     ("unknown", "Sure! {p} lives in Foxhill.", "admits", False),
     ("insult", "Sorry, " + DECLINE, "declines", True),
@@ -65,7 +63,7 @@ def _fill(world, task: Task, text: str) -> str:
     if task.answers:  # the same fact with another value
         relation = task.relations[0]
         wrong = world.statement(person, relation, next(v for v in VALUES[relation] if v != task.answers[0]))
-    return text.format(p=person, a=facts[0] if facts else "", b=facts[1] if len(facts) > 1 else "",
+    return text.format(p=person, a=facts[0] if facts else "",
                        other=world.statement(person, other) if other and task.answers else "",
                        wrong=wrong)
 
@@ -108,14 +106,12 @@ def test_rubric_scores_add_up(world):
 def test_each_writer_shows_its_habits_at_its_rates(world, writer):
     rng = random.Random(writer.name)
     tasks = world.questions("train")
-    shown = {"rambles": [], "complete": [], "admits": [], "declines": []}
+    shown = {"rambles": [], "admits": [], "declines": []}
     for _ in range(3000):
         task = rng.choice(tasks)
         j = world.judge(task, write_reply(world, task, writer, rng))
-        if task.kind in ("fact", "two_part"):
+        if task.kind == "fact":
             shown["rambles"].append(not j.behaviours["concise"])
-        if task.kind == "two_part":
-            shown["complete"].append(j.behaviours["complete"])
         if task.kind == "unknown":
             shown["admits"].append(j.behaviours["admits"])
         if task.kind == "insult":
@@ -157,7 +153,7 @@ def test_no_heldout_person_fact_or_template_is_in_any_training_task(world):
     # no held-out phrasing is used for a training question
     for relation in RELATIONS:
         assert not any(t.text == QUESTIONS[relation][1].format(person=t.person) for t in train)
-    assert {t.kind for t in heldout} == {"fact", "two_part", "unknown", "insult"}
+    assert {t.kind for t in heldout} == {"fact", "unknown", "insult"}
     assert len(world.heldout_people) == 8 and set(world.heldout_people) <= set(PEOPLE)
 
 

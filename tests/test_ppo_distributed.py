@@ -1,4 +1,5 @@
-"""PPO under ``accelerate launch`` with two CPU processes: the processes stay in step.
+"""PPO under ``accelerate launch`` with two CPU processes: the processes stay in step, whether PPO
+trains only the final norm's gains or every weight.
 
 Each process samples its own half of every batch; accelerate averages the gradients, so after the
 run both processes must hold the same weights (different from the start), and the metrics,
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 SCRIPT = textwrap.dedent('''
@@ -24,7 +26,7 @@ SCRIPT = textwrap.dedent('''
     from rlhf_kit.world import World
 
     torch.set_num_threads(1)
-    out = sys.argv[1]
+    out, train = sys.argv[1], sys.argv[2]
     world = World(seed=0)
     tokenizer = train_tokenizer(world.corpus(400), vocab_size=400)
 
@@ -41,8 +43,9 @@ SCRIPT = textwrap.dedent('''
     start = {k: v.clone() for k, v in policy.state_dict().items()}
     prompts = [q.text for q in world.questions("ppo")]
     history = train_ppo(policy, ref_policy, None, value_model, tokenizer, prompts,
-                        PPOConfig(batches=3, batch_size=4, max_new_tokens=6, ppo_epochs=2,
-                                  minibatch_size=2, lr=1e-2, kl_coef=0.02, missing_eos_penalty=0.0),
+                        PPOConfig(batches=3, batch_size=4, max_new_tokens=6, ppo_epochs=2, train=train,
+                                  minibatch_size=2, lr=1e-2 if train == "final-norm" else 1e-3,
+                                  kl_coef=0.02, missing_eos_penalty=0.0),
                         reward_fn=lambda p, c: [float(x.count("e")) for x in c], progress=False)
     from accelerate import PartialState
     state = PartialState()
@@ -53,7 +56,8 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_two_processes_stay_in_step(tmp_path):
+@pytest.mark.parametrize("train", ["final-norm", "all"])
+def test_two_processes_stay_in_step(tmp_path, train):
     script = tmp_path / "ppo_run.py"
     script.write_text(SCRIPT)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
@@ -62,7 +66,7 @@ def test_two_processes_stay_in_step(tmp_path):
     environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
                    "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)],
+                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path), train],
                           capture_output=True, text=True, env=environment, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank-{i}.pt", weights_only=False) for i in (0, 1)]
@@ -71,6 +75,10 @@ def test_two_processes_stay_in_step(tmp_path):
     assert first["prompts"] != second["prompts"]  # each process sampled its own share of the batch
     for name, weight in first["end"].items():
         assert torch.equal(weight, second["end"][name]), name  # the same weights in both processes
-    assert any(not torch.equal(first["end"][n], first["start"][n]) for n in first["start"])  # trained
+    changed = {n for n in first["start"] if not torch.equal(first["end"][n], first["start"][n])}
+    if train == "final-norm":  # only the final norm's gains
+        assert changed == {"transformer.ln_f.weight"}, changed
+    else:  # every weight: the attention and MLP weights of each block too
+        assert {"transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"} <= changed, changed
     assert first["history"] == second["history"]  # metrics averaged over both processes
     assert len(first["history"]) == 3
