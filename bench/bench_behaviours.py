@@ -30,6 +30,8 @@ import time
 from itertools import combinations
 from pathlib import Path
 
+from rlhf_kit.alternatives import (DPOConfig, GRPOConfig, reward_model_reward, rubric_reward, train_dpo,
+                                   train_grpo)
 from rlhf_kit.artifacts import embedded_folder
 from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, build_demonstrations, sample_tasks
 from rlhf_kit.evaluate import first_line, reply_kl, win_share
@@ -109,7 +111,36 @@ def run_ppo(world, folder, rm, tokenizer, heldout, seed, n, lr, kl_coef, args, b
     prompts = [t.text for t in sample_tasks(world, 2000, "train", seed + 1)]
     history = train_ppo(policy, ref, rm, value, tokenizer, prompts, config,
                         watch_fn=rubric_watch(world), progress=False)
-    seconds = time.perf_counter() - t0
+    found = evaluate_policy(world, policy, ref, tokenizer, heldout, seed, n, base_eval,
+                            time.perf_counter() - t0)
+    found["curve"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))}
+                      for h in history[:: max(1, len(history) // 8)]]
+    return found
+
+
+def run_dpo(world, folder, tokenizer, train_rows, heldout, seed, n, base_eval) -> dict:
+    """DPO (TRL's DPOTrainer, the kit's defaults) on the reward model's training pairs."""
+    t0 = time.perf_counter()
+    policy, ref = load_model(folder), load_model(folder)
+    rows = [r for r in train_rows if r["chosen"].strip() != r["rejected"].strip()]
+    train_dpo(policy, ref, tokenizer, rows, DPOConfig(seed=seed, max_length=128), progress=False)
+    return evaluate_policy(world, policy, ref, tokenizer, heldout, seed, n, base_eval,
+                           time.perf_counter() - t0)
+
+
+def run_grpo(world, folder, rm, tokenizer, heldout, seed, n, base_eval) -> dict:
+    """GRPO (TRL's GRPOTrainer, the kit's defaults but 32 new tokens) against the reward model."""
+    t0 = time.perf_counter()
+    policy, ref = load_model(folder), load_model(folder)
+    prompts = sorted({t.text for t in sample_tasks(world, 2000, "train", seed + 1)})
+    train_grpo(policy, tokenizer, prompts, [reward_model_reward(rm, tokenizer), rubric_reward(world)],
+               GRPOConfig(seed=seed, max_new_tokens=32), progress=False)
+    return evaluate_policy(world, policy, ref, tokenizer, heldout, seed, n, base_eval,
+                           time.perf_counter() - t0)
+
+
+def evaluate_policy(world, policy, ref, tokenizer, heldout, seed, n, base_eval, seconds) -> dict:
+    """A trained policy on the held-out tasks, against the SFT baselines of ``evaluate_baselines``."""
     policy.eval()
     pa, pt, pgen = replies(policy, tokenizer, heldout, 1.0, seed + 17, n)
     ppo_scores = per_task(world, pa, pt, n)
@@ -137,8 +168,6 @@ def run_ppo(world, folder, rm, tokenizer, heldout, seed, n, lr, kl_coef, args, b
     return {"summary": summary, "wins": wins, "ties": ties, "losses": losses,
             "behaviours": behaviour_rates(world, pa, pt), "behaviours at best T": by_temp[best_temp][1],
             "by temperature": {str(k): statistics.fmean(v[0]) for k, v in by_temp.items()},
-            "curve": [{k: v for k, v in h.items() if isinstance(v, (int, float))}
-                      for h in history[:: max(1, len(history) // 8)]],
             "examples": [(t.text, r) for t, r in list(zip(pa, pt))[:: max(1, len(pa) // 12)]]}
 
 
@@ -221,6 +250,11 @@ def run_seed(seed: int, args) -> dict:
         out["ppo"][variant] = run_ppo(world, folder, rm, tokenizer, heldout, seed, n, lr, kl_coef, args,
                                       heldout_eval)
         print(f"seed {seed} PPO {variant}: {json.dumps(out['ppo'][variant]['summary'])}", flush=True)
+    if args.alternatives:
+        out["dpo"] = run_dpo(world, folder, tokenizer, train_rows, heldout, seed, n, heldout_eval)
+        print(f"seed {seed} DPO: {json.dumps(out['dpo']['summary'])}", flush=True)
+        out["grpo"] = run_grpo(world, folder, rm, tokenizer, heldout, seed, n, heldout_eval)
+        print(f"seed {seed} GRPO: {json.dumps(out['grpo']['summary'])}", flush=True)
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -267,6 +301,16 @@ def summarise(results: list[dict]) -> None:
                        ("preference rate (ties half)", "preference rate"), ("KL to SFT (nats per reply)", "kl"),
                        ("PPO seconds", "seconds")):
         print(f"| {label} | {_spread([p['summary'][key] for p in ppo])} |")
+    others = [k for k in ("dpo", "grpo") if all(k in r for r in results)]
+    if others:
+        print("\n| after SFT, from the same rankings | rubric at best T | minus SFT at its best T | "
+              "decided pairs won against SFT (T=1) | ties | KL to SFT | seconds |\n|---|---|---|---|---|---|---|")
+        for label, runs in [("PPO", ppo)] + [(k.upper(), [r[k] for r in results]) for k in others]:
+            sm = [x["summary"] for x in runs]
+            print(f"| {label} | {_spread([x['rubric at best T'] for x in sm])} | "
+                  f"{_spread([x['best T diff vs SFT best T'][0] for x in sm])} | "
+                  f"{_spread([x['decided win rate'] for x in sm])} | {_spread([x['tie share'] for x in sm])} | "
+                  f"{_spread([x['kl'] for x in sm])} | {_spread([x['seconds'] for x in sm], 0)} |")
     print("\n| share of replies showing each behaviour | " + " | ".join(results[0]["behaviours"]["SFT T=1"])
           + " |\n|---|" + "---|" * len(results[0]["behaviours"]["SFT T=1"]))
     rows = [("SFT, T=1", [r["behaviours"]["SFT T=1"] for r in results]),
@@ -274,6 +318,7 @@ def summarise(results: list[dict]) -> None:
             ("best-of-4, T=1", [r["behaviours"]["best-of-4"] for r in results]),
             ("PPO, T=1", [p["behaviours"] for p in ppo]),
             ("PPO at its best T", [p["behaviours at best T"] for p in ppo])]
+    rows += [(f"{k.upper()} at its best T", [r[k]["behaviours at best T"] for r in results]) for k in others]
     for label, dicts in rows:
         print(f"| {label} | " + " | ".join(_spread([d[b] for d in dicts]) for b in dicts[0]) + " |")
 
@@ -287,6 +332,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ppo", nargs="*", default=["1e-5:0.05"], help="PPO variants, lr:kl_coef")
+    parser.add_argument("--alternatives", action="store_true", help="also DPO and GRPO, from the same SFT "
+                        "model and rankings")
     parser.add_argument("--summarise", default=None, help="only print the tables of a saved --out file")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--work", default="/tmp/behaviours-work")

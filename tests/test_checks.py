@@ -1326,3 +1326,74 @@ def test_a_wrong_answer_written_by_a_learner_is_named(check, wrong, fragment):
         check(wrong)
     assert fragment in str(failed.value)
     assert str(failed.value) in {m.message for m in EXERCISES[check.__name__.removeprefix("check_")].mistakes}
+
+
+# ----------------------------------------------------------------------------------------------
+# A loss with the right value but no gradient (cut off from autograd) fails its check
+# ----------------------------------------------------------------------------------------------
+
+
+def _rebuilt(loss):
+    """The right value, rebuilt from a number: ``torch.tensor(loss.item())`` has no gradient."""
+    def rebuilt(*args):
+        out = loss(*args)
+        if isinstance(out, tuple):
+            return (torch.tensor(out[0].item()),) + tuple(out[1:])
+        return torch.tensor(out.item())
+    return rebuilt
+
+
+def _on_detached(loss, position):
+    """The right loss computed from a detached copy of the argument at ``position``."""
+    def detached(*args):
+        args = list(args)
+        args[position] = args[position].detach()
+        return loss(*args)
+    return detached
+
+
+LOSSES = {  # check -> (the kit's loss, the positions of the arguments the gradient flows to)
+    check_next_token_loss: ("rlhf_kit.pretrain:next_token_loss", (0,)),
+    check_sft_loss: ("rlhf_kit.sft:sft_loss", (0,)),
+    check_bradley_terry_loss: ("rlhf_kit.reward:bradley_terry_loss", (0, 1)),
+    check_ranking_loss: ("rlhf_kit.reward:ranking_loss", (0,)),
+    check_reinforce_loss: ("rlhf_kit.bandits:reinforce_loss", (0,)),
+    check_clipped_policy_loss: ("rlhf_kit.ppo_math:clipped_policy_loss", (0,)),
+    check_clipped_value_loss: ("rlhf_kit.ppo_math:clipped_value_loss", (0,)),
+    check_dpo_loss: ("rlhf_kit.alternatives:dpo_loss", (0, 1)),
+}
+
+
+def _kit(path):
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("check", LOSSES, ids=lambda c: c.__name__)
+def test_a_loss_rebuilt_from_a_number_fails_with_autograd_named(check):
+    loss, _ = LOSSES[check]
+    with pytest.raises(CheckFailed, match="cut off from autograd"):
+        check(_rebuilt(_kit(loss)))
+
+
+@pytest.mark.parametrize("check", LOSSES, ids=lambda c: c.__name__)
+def test_a_loss_on_a_detached_input_fails(check):
+    loss, positions = LOSSES[check]
+    for position in positions:
+        with pytest.raises(CheckFailed, match="autograd|no gradient flows back"):
+            check(_on_detached(_kit(loss), position))
+
+
+@pytest.mark.parametrize("check", LOSSES, ids=lambda c: c.__name__)
+def test_the_kit_s_own_loss_passes_with_its_gradients(check, capsys):
+    check(_kit(LOSSES[check][0]))
+    assert capsys.readouterr().out.startswith("✓ ")
+    exercise = EXERCISES[check.__name__.removeprefix("check_")]
+    assert exercise.grad_inputs  # the gradient is compared, not only the value
+
+
+def test_only_losses_compare_gradients():
+    assert {name for name, e in EXERCISES.items() if e.grad_inputs} == {
+        c.__name__.removeprefix("check_") for c in LOSSES}

@@ -111,6 +111,8 @@ class Exercise:
     rtol: float = 1e-4  # float32 maths done in another order differs by ~1e-6 relative
     atol: float = 1e-5
     hint_in_place: str = "compute a new tensor instead of writing into the argument"
+    grad_inputs: tuple[str, ...] = ()  # for a loss: the inputs whose gradient must match the reference's
+    grad_trials: int = 5  # inputs on which the gradients are compared
 
     def reference_function(self) -> Callable[..., Any]:
         module, _, function = self.reference.partition(":")
@@ -132,6 +134,7 @@ class Exercise:
         reference = self.reference_function()
         runs = [_run(reference, fn, inputs) for inputs in self.inputs(seed)]
         if all(self._agrees(run) for run in runs):
+            self._check_gradients(reference, fn, runs)
             print(f"✓ {self.name} matches the reference on {len(runs)} random inputs.")
             return
         for mistake in self.mistakes:
@@ -149,6 +152,44 @@ class Exercise:
         names = ", ".join(run.changed)
         raise CheckFailed(f"{self.name} changed its input {names} in place {where}, so the "
                           f"caller's {names} would change too: {self.hint_in_place}.")
+
+    def _check_gradients(self, reference: Callable[..., Any], fn: Callable[..., Any],
+                         runs: list[Run]) -> None:
+        """A loss must also pass gradients back: a right value cut off from autograd trains nothing."""
+        __tracebackhide__ = True
+        for number, run in enumerate(runs[: self.grad_trials], 1):
+            where = f"on random input {number} of {len(runs)} ({describe(run.inputs)})"
+            names = " and ".join(n for n in self.grad_inputs if isinstance(run.inputs.get(n), torch.Tensor))
+            expected = _gradients(reference, run.inputs, self.grad_inputs)
+            if expected is None:  # the reference is not a loss of these inputs
+                continue
+            try:
+                got = _gradients(fn, run.inputs, self.grad_inputs)
+            except Exception as error:
+                raise CheckFailed(f"{self.name} raised {type(error).__name__} {where} when its inputs "
+                                  f"require gradients: {_first_line(error)}") from error
+            if got is None:
+                raise CheckFailed(
+                    f"{self.name} returns the right value but cut off from autograd {where}: no "
+                    f"gradient flows back to {names}, so training on it would change no weight; "
+                    "compute it from the inputs with torch operations, without `.item()`, "
+                    "`torch.tensor(...)`, `.detach()` or `torch.no_grad()`.")
+            for name, e, g in zip(self.grad_inputs, expected, got):
+                if e is None:
+                    continue
+                if g is None:
+                    raise CheckFailed(f"{self.name} returns the right value, but no gradient flows "
+                                      f"back to {name} {where}: compute the loss from {name} itself, "
+                                      "not from a detached copy of it.")
+                wrong = ~_close(e, g, self.rtol, self.atol)
+                if wrong.any():
+                    index = tuple(int(i) for i in wrong.nonzero()[0])
+                    shown_e, shown_g = _numbers(e[index].item(), g[index].item())
+                    raise CheckFailed(f"{self.name} returns the right value, but its gradient with "
+                                      f"respect to {name} is {shown_g} at index {_index(index)} {where}, "
+                                      f"where the reference's is {shown_e}: part of the computation "
+                                      "is cut off from autograd (a detached tensor, or a value "
+                                      "rebuilt from numbers).")
 
     def _agrees(self, run: Run) -> bool:
         return (not isinstance(run.got, Raised) and not run.changed
@@ -203,6 +244,25 @@ def _call(fn: Callable[..., Any], inputs: Inputs) -> Any:
         raise
     except Exception as error:  # the learner's bug: reported, not crashed on
         return Raised(error)
+
+
+def _gradients(fn: Callable[..., Any], inputs: Inputs, names: Sequence[str]) -> list | None:
+    """The gradients of ``fn``'s output (the first element of a tuple) with respect to the
+    floating-point inputs ``names`` (None for one that gets none); None when the output is not
+    connected to any of them."""
+    given = _copy(inputs)
+    leaves = []
+    for name in names:
+        value = given.get(name)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            given[name] = value.requires_grad_(True)
+            leaves.append(given[name])
+    out = fn(*given.values())
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return None
+    return list(torch.autograd.grad(out.sum(), leaves, allow_unused=True))
 
 
 def _run(reference: Callable[..., Any], fn: Callable[..., Any], inputs: Inputs) -> Run:

@@ -321,6 +321,7 @@ def _loss_raw_logits(logits, input_ids):
 NEXT_TOKEN_LOSS = Exercise(
     name="next_token_loss",
     reference="rlhf_kit.pretrain:next_token_loss",
+    grad_inputs=("logits",),
     draw=_draw_next_token,
     edge_cases=_next_token_edges,
     mistakes=(

@@ -241,6 +241,7 @@ def _sft_loss_raw_logits(logits, labels, loss_mask):
 SFT_LOSS = Exercise(
     name="sft_loss",
     reference="rlhf_kit.sft:sft_loss",
+    grad_inputs=("logits",),
     draw=_draw_sft_loss,
     edge_cases=_sft_loss_edges,
     mistakes=(

@@ -89,6 +89,7 @@ def _bt_sum(chosen_scores, rejected_scores, weights=None):
 BRADLEY_TERRY_LOSS = Exercise(
     name="bradley_terry_loss",
     reference="rlhf_kit.reward:bradley_terry_loss",
+    grad_inputs=("chosen_scores", "rejected_scores"),
     draw=_draw_bradley_terry,
     edge_cases=_bradley_terry_edges,
     mistakes=(
@@ -188,6 +189,7 @@ def _ranking_unstable(scores, ranking):
 RANKING_LOSS = Exercise(
     name="ranking_loss",
     reference="rlhf_kit.reward:ranking_loss",
+    grad_inputs=("scores",),
     draw=_draw_ranking,
     edge_cases=_ranking_edges,
     mistakes=(

@@ -289,6 +289,7 @@ def _reinforce_unstable(logits, actions, rewards, baseline):
 REINFORCE_LOSS = Exercise(
     name="reinforce_loss",
     reference="rlhf_kit.bandits:reinforce_loss",
+    grad_inputs=("logits",),
     draw=_draw_reinforce,
     edge_cases=_reinforce_edges,
     mistakes=(

@@ -338,6 +338,7 @@ def _policy_loss_unmasked_loss_only(logprobs, old_logprobs, advantages, mask, cl
 CLIPPED_POLICY_LOSS = Exercise(
     name="clipped_policy_loss",
     reference="rlhf_kit.ppo_math:clipped_policy_loss",
+    grad_inputs=("logprobs",),
     draw=_draw_policy_loss,
     edge_cases=_policy_loss_edges,
     mistakes=(
@@ -432,6 +433,7 @@ def _value_loss_unmasked(values, old_values, returns, mask, clip_eps_value):
 CLIPPED_VALUE_LOSS = Exercise(
     name="clipped_value_loss",
     reference="rlhf_kit.ppo_math:clipped_value_loss",
+    grad_inputs=("values",),
     draw=_draw_value_loss,
     edge_cases=_value_loss_edges,
     mistakes=(

@@ -88,6 +88,7 @@ def _dpo_unstable(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, 
 DPO_LOSS = Exercise(
     name="dpo_loss",
     reference="rlhf_kit.alternatives:dpo_loss",
+    grad_inputs=("policy_chosen_logps", "policy_rejected_logps"),
     draw=_draw_dpo,
     edge_cases=_dpo_edges,
     mistakes=(
