@@ -17,6 +17,10 @@ or raises ``CheckFailed`` with one sentence about the first difference it found.
    a tensor, its shape, its dtype, its values (index, expected, got, how many differ), or it
    changed its input in place. The sentence names the input's shapes and parameters, so you can
    rebuild that input and look.
+4. For a loss (an exercise with ``grad_inputs``), a right value is not enough: training follows
+   the loss's gradient, so on a few inputs the gradient with respect to those inputs is compared
+   with the reference's. A loss rebuilt from a number (``torch.tensor(loss.item())``) or computed
+   from a detached input has the right value and no gradient; its check says so.
 
 Inputs come typical first and edge cases last (one token, huge logits, p = 1, a sequence of
 two tokens), so a plain bug is shown on a plain input.
