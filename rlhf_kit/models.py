@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -124,7 +125,11 @@ def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "
     device = pick_device(embedded=is_embedded(path)) if device is None else torch.device(device)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     # transformers draws a "Loading weights" bar on stderr; for a model of a few MB it is noise.
-    with transformers_quiet():
+    # A causal checkpoint read as a reward model has no score head yet, so transformers would
+    # report that head as missing: that is expected (it starts random and is trained), and the
+    # report is left out. Any other load keeps its warnings.
+    new_head = kind == "reward" and _is_causal_checkpoint(path)
+    with transformers_quiet(warnings=new_head):
         if kind == "causal":
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:
@@ -132,6 +137,15 @@ def load_model(source: str | Path = EMBEDDED, stage: str = "base", kind: str = "
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = model.config.eos_token_id
     return model.to(device).eval()
+
+
+def _is_causal_checkpoint(path) -> bool:
+    """True when the checkpoint at ``path`` was saved as a causal LM (it has no score head)."""
+    try:
+        architectures = AutoConfig.from_pretrained(path).architectures or []
+    except (OSError, ValueError):
+        return False
+    return any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
 
 
 @contextmanager

@@ -30,6 +30,24 @@ def test_local_folder_loads_as_causal_lm_and_as_reward_model(tiny_base_dir):
     torch.testing.assert_close(reward.transformer.wte.weight, model.transformer.wte.weight)
 
 
+def test_a_language_model_read_as_a_reward_model_loads_without_the_missing_head_report(tiny_base_dir,
+                                                                                     tmp_path, capfd):
+    """Its score head is new, as expected: transformers' report of it (with ANSI codes) is left out,
+    and transformers' own verbosity is the same after the load."""
+    from transformers.utils import logging as hf_logging
+
+    from rlhf_kit.models import _is_causal_checkpoint
+
+    level = hf_logging.get_verbosity()
+    reward = load_model(tiny_base_dir, kind="reward", device="cpu")
+    captured = capfd.readouterr()
+    assert "MISSING" not in captured.err and "LOAD REPORT" not in captured.err and "\x1b[" not in captured.err
+    assert hf_logging.get_verbosity() == level
+    assert _is_causal_checkpoint(tiny_base_dir)
+    reward.save_pretrained(tmp_path)  # a reward checkpoint has its head: its loads keep their warnings
+    assert not _is_causal_checkpoint(tmp_path)
+
+
 def test_hub_shaped_llama_saved_locally_loads_and_generates(tiny_base_dir, tmp_path):
     """A Llama-shaped model (as SmolLM2 is) saved with save_pretrained, loaded like a hub model."""
     tokenizer = load_tokenizer(tiny_base_dir)
