@@ -14,8 +14,9 @@ behaviours to the same world (same people, facts and internet, so the same base 
 * **writers** (``WRITERS``): simulated people who write the demonstrations, each with a habit
   for every behaviour, drawn independently for each reply. On two behaviours the most common
   habit is not the one the rubric prefers: most writers are curt, most ramble and most invent an
-  answer about someone they have never heard of. A lower temperature picks the most common habit,
-  so it cannot find the preferred one; rankings can;
+  answer about someone they have never heard of. A lower temperature tends to pick the most common
+  habit, so it cannot find the preferred one; rankings can (measured: true of curt and inventing;
+  on held-out people the SFT model rambles little at any temperature);
 * **a split with no leak** (``SPLITS``): the held-out tasks are about people, unknown names and
   question templates that no ranking and no PPO prompt uses, and ask for facts that no
   demonstration states (a held-out person is named in SFT by one other fact only, its anchor).
