@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -34,12 +33,12 @@ from rlhf_kit.alternatives import (DPOConfig, GRPOConfig, reward_model_reward, r
                                    train_grpo)
 from rlhf_kit.artifacts import embedded_folder
 from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, build_demonstrations, sample_tasks
-from rlhf_kit.evaluate import first_line, reply_kl, win_share
-from rlhf_kit.feedback import Item, Ranking, SimulatedLabeler, calibrate_noise, shuffled_order
+from rlhf_kit.evaluate import first_line, mean_interval, reply_kl, win_share
+from rlhf_kit.feedback import Item, SimulatedLabeler, calibrate_noise
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.pairs import split_by_prompt
 from rlhf_kit.ppo import PPOConfig, rubric_watch, train_ppo
-from rlhf_kit.reward import RewardConfig, sample_completions, train
+from rlhf_kit.reward import RewardConfig, rank_sets, sample_completions, train
 from rlhf_kit.reward_eval import score
 from rlhf_kit.runtime import seed_everything
 from rlhf_kit.sampling import generate
@@ -50,10 +49,8 @@ TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 1.0)
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95 % normal interval."""
-    m = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return m, m - half, m + half
+    """Mean and its 95 % normal interval (``evaluate.mean_interval``)."""
+    return (statistics.fmean(values), *mean_interval(values))
 
 
 def replies(model, tokenizer, tasks, temperature: float, seed: int, n: int = 1, max_new_tokens: int = 32):
@@ -194,14 +191,7 @@ def run_seed(seed: int, args) -> dict:
     sets = sample_completions(sft, tokenizer, prompts, rconfig.k, 32, 1.0, seed)
     items = [Item(p, tuple(c), "sft") for p, c in zip(prompts, sets) if len(c) >= 2]
     noise = calibrate_noise(world, items)
-    labeler = SimulatedLabeler(world, noise=noise, seed=seed)
-    rankings = []
-    for item in items:
-        key = item.key(labeler.name)
-        ranking, ties = labeler.rank(item.prompt, item.completions, key)
-        rankings.append(Ranking(item.prompt, item.completions, ranking, ties,
-                                shown_order=shuffled_order(key, len(item.completions)),
-                                model="sft", labeler=labeler.name, labeler_kind="simulated"))
+    rankings = rank_sets(SimulatedLabeler(world, noise=noise, seed=seed), prompts, sets, "sft")
     out["noise"] = noise
     print(f"seed {seed}: SFT {out['sft_seconds']:.0f} s, labeler noise {noise:.2f}", flush=True)
     train_rows, heldout_rows = split_by_prompt(rankings, rconfig.heldout_share, seed)

@@ -35,11 +35,10 @@ unchanged. Measured against SFT, best-of-4 and the best sampling temperature in
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from typing import ClassVar
 
-from .world import PEOPLE, QUESTIONS, RELATIONS, STATEMENTS, VALUES, Claim, World
+from .world import PEOPLE, QUESTIONS, RELATIONS, STATEMENTS, VALUES, World
 
 KINDS = ("fact", "unknown", "insult")
 
@@ -145,6 +144,7 @@ def ideal_reply(task: Task) -> str:
 class BehaviourWorld(World):
     """The course's world (same seed, same facts and internet) with tasks that ask for behaviours."""
 
+    named_people: ClassVar[tuple[str, ...]] = PEOPLE + UNKNOWN_NAMES  # claims about unknown people are false
     heldout_people: tuple[str, ...] = field(init=False)
     heldout_unknown: tuple[str, ...] = field(init=False)
     anchors: dict[str, str] = field(init=False)  # held-out person -> the one relation SFT may state
@@ -193,28 +193,6 @@ class BehaviourWorld(World):
                 tasks.append(Task(QUESTIONS[r][t].format(person=n), "unknown", n, (r,), (),
                                   f"fact/{r}/{t}"))
         return tasks
-
-    # -- checking text ---------------------------------------------------------------------------
-
-    @cached_property
-    def _claim_patterns(self) -> dict[str, re.Pattern]:
-        people = "|".join(PEOPLE + UNKNOWN_NAMES)
-        patterns = {}
-        for relation, template in STATEMENTS.items():
-            values = "|".join(VALUES[relation])
-            body = re.escape(template.rstrip(".")).replace(r"\{person\}", f"(?P<person>{people})")
-            body = body.replace(r"\{value\}", f"(?P<value>{values})")
-            patterns[relation] = re.compile(r"\b" + body + r"\b")
-        return patterns
-
-    def claims(self, text: str) -> list[Claim]:
-        """Every statement in ``text``; one about a person the world does not hold is false."""
-        found = []
-        for relation, pattern in self._claim_patterns.items():
-            for m in pattern.finditer(text):
-                person, value = m.group("person"), m.group("value")
-                found.append(Claim(person, relation, value, self.facts.get((person, relation)) == value))
-        return found
 
     def judge(self, task: Task, reply: str) -> BehaviourJudgement:
         """Judge one reply by the rubric: the behaviours that apply, then one score (``rubric_score``)."""

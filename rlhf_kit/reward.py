@@ -439,6 +439,12 @@ def simulated_rankings(model, tokenizer, world: World, config: RewardConfig,
     prompts = [q for _ in range(config.sets_per_question) for q in questions]
     sets = sample_completions(model, tokenizer, prompts, config.k, config.max_new_tokens,
                               config.temperature, config.seed)
+    return rank_sets(labeler, prompts, sets, model_name)
+
+
+def rank_sets(labeler: SimulatedLabeler, prompts: Sequence[str], sets: Sequence[Sequence[str]],
+              model_name: str = "sft") -> list[Ranking]:
+    """The labeler's ranking of each set of completions (a set of fewer than 2 is skipped)."""
     rankings = []
     for prompt, completions in zip(prompts, sets):
         if len(completions) < 2:

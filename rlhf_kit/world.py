@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 from functools import cached_property
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class World:
     rumour_rate: float = 0.2  # share of stated facts on the internet that are false
     rude_rate: float = 0.15  # share of forum replies that are insults
     facts: dict[tuple[str, str], str] = field(init=False)  # (person, relation) -> value
+    named_people: ClassVar[tuple[str, ...]] = PEOPLE  # the names World.claims finds statements about
     splits: dict[tuple[str, str], str] = field(init=False)  # (person, relation) -> split
 
     def __post_init__(self) -> None:
@@ -192,7 +194,7 @@ class World:
 
     @cached_property
     def _claim_patterns(self) -> dict[str, re.Pattern]:
-        people = "|".join(PEOPLE)
+        people = "|".join(self.named_people)
         patterns = {}
         for relation, template in STATEMENTS.items():
             values = "|".join(VALUES[relation])
@@ -207,7 +209,8 @@ class World:
         for relation, pattern in self._claim_patterns.items():
             for m in pattern.finditer(text):
                 person, value = m.group("person"), m.group("value")
-                found.append(Claim(person, relation, value, self.facts[(person, relation)] == value))
+                # a person the world does not hold has no true facts: any claim about them is false
+                found.append(Claim(person, relation, value, self.facts.get((person, relation)) == value))
         return found
 
     @staticmethod
