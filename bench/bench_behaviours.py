@@ -170,8 +170,7 @@ def evaluate_policy(world, policy, ref, tokenizer, heldout, seed, n, base_eval, 
 
 def run_seed(seed: int, args) -> dict:
     world = BehaviourWorld(seed=0)
-    base = embedded_folder("base") if (embedded_folder("base") / "config.json").exists() else \
-        Path(__file__).resolve().parent.parent / "rlhf_kit" / "data" / "embedded" / "base"
+    base = embedded_folder("base")  # the installed base model, or the one shipped in the package
     out: dict = {"seed": seed}
     t0 = time.perf_counter()
 
