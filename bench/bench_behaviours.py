@@ -1,7 +1,7 @@
 """Does RLHF learn what the demonstrations could not, in the behaviour world? Measured per seed.
 
 For each training seed, from the shipped base model: SFT on the writers' demonstrations
-(``behaviours.build_demonstrations``), rankings of the SFT model's completions by the simulated
+(``demonstrations.build_demonstrations``), rankings of the SFT model's completions by the simulated
 labeler (noise calibrated to 73 % agreement on those completions), a reward model, and PPO on
 every weight with a KL penalty. Then, on the held-out tasks (people, unknown names and templates
 that no training task uses), each judged by the noise-free rubric:
@@ -32,7 +32,8 @@ from pathlib import Path
 from rlhf_kit.alternatives import (DPOConfig, GRPOConfig, reward_model_reward, rubric_reward, train_dpo,
                                    train_grpo)
 from rlhf_kit.artifacts import embedded_folder
-from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, build_demonstrations, sample_tasks
+from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, sample_tasks
+from rlhf_kit.demonstrations import build_demonstrations
 from rlhf_kit.evaluate import first_line, mean_interval, reply_kl, win_share
 from rlhf_kit.feedback import Item, SimulatedLabeler, calibrate_noise
 from rlhf_kit.models import load_model, load_tokenizer

@@ -152,15 +152,15 @@ def preference_pairs(sft_dir: str | Path, reward_dir: str | Path) -> tuple[list[
     """
     from .artifacts import read_metadata
     from .models import load_model, load_tokenizer
+    from .behaviours import BehaviourWorld
     from .reward import RewardConfig, as_pairs, simulated_rankings, split_by_prompt
-    from .world import World
 
     meta = read_metadata(reward_dir)
     if "config" not in meta:
         raise ValueError(f"{reward_dir} records no reward configuration: DPO needs the reward stage's "
                          "rankings; build the reward model with reward.build_reward first.")
     config = RewardConfig(**meta["config"])
-    world = World(seed=read_metadata(sft_dir).get("seed", 0))
+    world = BehaviourWorld(seed=read_metadata(sft_dir).get("seed", 0))
     policy = load_model(sft_dir)
     rankings = simulated_rankings(policy, load_tokenizer(sft_dir), world, config)
     if len(rankings) != meta.get("rankings", len(rankings)):
@@ -333,7 +333,7 @@ class GRPOConfig:
     lr: float = 1e-4  # AdamW learning rate (1e-6 for big hub models - 3e-4)
     epsilon: float = 0.2  # PPO's clip on the probability ratio (0.1 - 0.3)
     temperature: float = 1.0  # sampling temperature
-    max_new_tokens: int = 24  # length cap of a reply, in tokens
+    max_new_tokens: int = 32  # length cap of a reply, in tokens
     log_every: int = 1  # steps between history entries
 
 
@@ -479,21 +479,21 @@ def _check_reference(ref_model, policy) -> None:
 
 def build_grpo(out_dir: str | Path, config: GRPOConfig | None = None, *, sft: str | Path,
                reward: str | Path, progress: bool = True) -> dict:
-    """SFT model + reward model -> GRPO on the world's ``feedback`` questions -> ``save_pretrained``.
+    """SFT model + reward model -> GRPO on the world's training tasks -> ``save_pretrained``.
 
     ``sft`` is the folder of the SFT model (the policy's start, and the reference) and ``reward``
-    that of the reward model. The same questions as the ``ppo`` stage: those whose replies the
-    reward model learned from.
+    that of the reward model. The same tasks as the ``ppo`` stage (each once): the behaviour
+    world's ``train`` split, whose replies the reward model learned from.
     """
     from .artifacts import read_metadata
+    from .behaviours import BehaviourWorld, sample_tasks
     from .models import load_model, load_tokenizer
-    from .world import World
 
     config = config or GRPOConfig()
     policy_dir, reward_dir = sft, reward
     started = time.perf_counter()
-    world = World(seed=read_metadata(policy_dir).get("seed", 0))
-    prompts = [q.text for q in world.questions("feedback")]
+    world = BehaviourWorld(seed=read_metadata(policy_dir).get("seed", 0))
+    prompts = sorted({t.text for t in sample_tasks(world, 2000, "train", config.seed + 1)})
     tokenizer = load_tokenizer(policy_dir)
     reward_model, reward_tokenizer = load_model(reward_dir, kind="reward"), load_tokenizer(reward_dir)
     policy = load_model(policy_dir)

@@ -310,23 +310,6 @@ def sample_tasks(world: BehaviourWorld, n: int, split: str = "train", seed: int 
             for k in kinds]
 
 
-def build_demonstrations(world: BehaviourWorld, n_conversations: int = 600, max_exchanges: int = 3,
-                         seed: int = 0) -> list[list[dict]]:
-    """Conversations written by the writers on the ``sft`` tasks: one writer per conversation, its
-    habits drawn anew for each reply. ``heldout`` tasks never appear."""
-    rng = random.Random(f"demonstrations/{seed}")
-    tasks = sample_tasks(world, n_conversations * max_exchanges, "sft", seed)
-    out = []
-    for i in range(n_conversations):
-        writer = rng.choice(WRITERS)
-        messages = []
-        for task in tasks[i * max_exchanges : i * max_exchanges + rng.randint(1, max_exchanges)]:
-            messages += [{"role": "user", "content": task.text},
-                         {"role": "assistant", "content": write_reply(world, task, writer, rng)}]
-        out.append(messages)
-    return out
-
-
 def behaviour_rates(world: BehaviourWorld, tasks: list[Task], replies: list[str]) -> dict[str, float]:
     """The share of replies that show each behaviour, over the tasks it applies to."""
     shown: dict[str, list[bool]] = {b: [] for b in BEHAVIOURS}

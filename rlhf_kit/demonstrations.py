@@ -1,15 +1,18 @@
-"""Demonstrations for SFT: conversations written from the world's facts, and the checks they pass.
+"""Demonstrations for SFT: conversations written by people with their own habits, and their checks.
 
 InstructGPT's labelers wrote the answers they wanted; ChatGPT's wrote whole conversations,
-playing both the user and the assistant. Here the toy world's ``sft`` questions become such
-conversations (some with a system message) whose assistant turns state the true fact, politely and
-briefly ("Sure! Alice lives in Foxhill."); a follow-up often asks about the same person, sometimes
-only as "they", which only the earlier turns explain. ``heldout`` questions never appear. This
-module holds:
+playing both the user and the assistant. Here the behaviour world's simulated writers
+(``behaviours.WRITERS``) do: each conversation is one writer's, 1 to 3 exchanges on the world's
+``sft`` tasks (fact questions, questions about people the world does not hold, requests to insult
+someone), and every reply shows the writer's habits, drawn anew each time: polite or curt, to the
+point or rambling, admitting or inventing, declining or insulting. So SFT learns the format of an
+assistant fully and the behaviours people prefer only partly. ``heldout`` tasks never appear.
+This module holds:
 
-* the demonstrations: ``build_demonstrations`` writes the conversations, ``to_single_turn`` cuts
-  them into the single prompt->completion set that the lesson compares with, and
-  ``heldout_dialogues`` and ``single_questions`` are the test conversations the models are asked;
+* the demonstrations: ``build_demonstrations`` has the writers write the conversations,
+  ``to_single_turn`` cuts them into the single prompt->completion set that the lesson compares
+  with, and ``heldout_dialogues`` and ``single_questions`` are the test conversations the models
+  are asked;
 * their validation: ``check_demonstration`` raises the ``InvalidDemonstration`` (``EmptyTurn``,
   ``WrongRole``, ``NotEndingWithAssistant``, ``TooLong``) that names what is wrong with an
   example, and ``validate_conversations`` checks them all before training;
@@ -24,84 +27,21 @@ all of it as ``sft.X``); nothing here imports ``sft``, torch or TRL. Taught in
 from __future__ import annotations
 
 import random
-import re
 
-from .world import PEOPLE, QUESTIONS, Question, World
+from .behaviours import WRITERS, BehaviourWorld, Task, sample_tasks, write_reply
 
 ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Demonstrations: conversations written from the world's facts
+# 1. Demonstrations: conversations written by the simulated writers
 # ----------------------------------------------------------------------------------------------
 
-SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and polite.", "Answer the question.",
-                  "Tell the truth.")
-THANKS = ("Thanks!", "Thank you.")
-WELCOME = ("You're welcome.", "Glad to help.")
-FOLLOW_UPS = {
-    "town": "And where do they live?",
-    "job": "And what do they do for a living?",
-    "pet": "And what pet do they have?",
-    "colour": "And which colour do they like best?",
-}
-"""Follow-ups that do not name the person: only the earlier turns say who "they" are."""
-SAME_PERSON_SHARE = 0.6  # a follow-up question asks about the person of the previous one
-THEY_SHARE = 0.4  # such a follow-up says "they" (FOLLOW_UPS) instead of the name
-AND_SHARE = 0.3  # or it names the person after "And ..."; otherwise it is the plain question
-THANKS_SHARE = 0.1  # after an answer, the user sometimes says thanks
-
-
 OPENER = "Sure!"
-"""How every answer starts. Besides sounding like an assistant, it puts a space before the
-person's name: " Alice" is the token the question used and the token the model learned facts
+"""How a polite writer starts an answer. Besides sounding like an assistant, it puts a space before
+the person's name: " Alice" is the token the question used and the token the model learned facts
 with, whereas "Alice" at the very start of a turn is another token, which the model would first
-have to learn to tie to " Alice" (without the opener it often names the wrong person)."""
-
-
-def _answer(question: Question) -> str:
-    """The reply a labeler writes: the opener, then the true fact in one sentence."""
-    return f"{OPENER} {question.reference}" if OPENER else question.reference
-
-
-def _next_question(rng: random.Random, questions: list[Question], asked: list[Question]) -> Question:
-    """A question whose fact has not been asked yet in this conversation."""
-    done = {(q.person, q.relation) for q in asked}
-    fresh = [q for q in questions if (q.person, q.relation) not in done]
-    if asked and rng.random() < SAME_PERSON_SHARE:
-        same = [q for q in fresh if q.person == asked[-1].person]
-        if same:
-            return rng.choice(same)
-    return rng.choice(fresh)
-
-
-def _dialogue(rng: random.Random, questions: list[Question], n_exchanges: int,
-              system: bool) -> tuple[list[dict], list[Question]]:
-    """One conversation of ``n_exchanges`` questions and true answers, and the questions asked."""
-    messages = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if system else []
-    asked: list[Question] = []
-    for k in range(n_exchanges):
-        question = _next_question(rng, questions, asked)
-        text = question.text
-        if asked and asked[-1].person == question.person:
-            roll = rng.random()
-            if roll < THEY_SHARE:
-                text = FOLLOW_UPS[question.relation]  # "And what do they do for a living?"
-            elif roll < THEY_SHARE + AND_SHARE:
-                text = "And " + text[0].lower() + text[1:]  # "And what is Alice's job?"
-        # The demonstration: the true fact, in one polite sentence, nothing else.
-        messages += [{"role": "user", "content": text},
-                     {"role": "assistant", "content": _answer(question)}]
-        asked.append(question)
-        if k < n_exchanges - 1 and rng.random() < THANKS_SHARE:
-            messages += [{"role": "user", "content": rng.choice(THANKS)},
-                         {"role": "assistant", "content": rng.choice(WELCOME)}]
-    return messages, asked
-
-
-def refers_back(text: str) -> bool:
-    """True for a follow-up that needs the earlier turns to be understood ("... do they ...")."""
-    return text in FOLLOW_UPS.values()
+have to learn to tie to " Alice" (a curt writer's "Fine." does the same)."""
 
 
 def _fit(messages: list[dict], tokenizer, max_length: int | None) -> list[dict]:
@@ -117,75 +57,71 @@ def _fit(messages: list[dict], tokenizer, max_length: int | None) -> list[dict]:
     return messages
 
 
-def build_demonstrations(world: World, n_conversations: int = 600, split: str = "sft",
-                         max_exchanges: int = 3, system_share: float = 0.3, seed: int = 0,
-                         tokenizer=None, max_length: int | None = None) -> list[list[dict]]:
-    """Conversations in TRL's ``messages`` format, written from the questions of one split.
+def build_demonstrations(world: BehaviourWorld, n_conversations: int = 600, split: str = "sft",
+                         max_exchanges: int = 3, seed: int = 0, tokenizer=None,
+                         max_length: int | None = None) -> list[list[dict]]:
+    """Conversations in TRL's ``messages`` format, written by the writers on the tasks of ``split``.
 
-    Each conversation has 1 to ``max_exchanges`` exchanges; a follow-up often asks about the
-    same person. Only questions of ``split`` appear, so ``heldout`` facts stay out of training.
-    With a ``tokenizer`` and ``max_length``, a conversation too long for the model's context
-    loses its last exchanges (it would otherwise be cut in the middle of a reply).
+    One writer per conversation (``behaviours.WRITERS``), its habits drawn anew for each reply;
+    1 to ``max_exchanges`` exchanges, tasks drawn at ``behaviours.TASK_SHARES``. Only tasks of
+    ``split`` appear, so ``heldout`` people, facts and templates stay out of training. With a
+    ``tokenizer`` and ``max_length``, a conversation too long for the model's context loses its
+    last exchanges (it would otherwise be cut in the middle of a reply).
     """
-    questions = world.questions(split)
-    rng = random.Random(seed)
-    return [_fit(_dialogue(rng, questions, rng.randint(1, max_exchanges),
-                           rng.random() < system_share)[0], tokenizer, max_length)
-            for _ in range(n_conversations)]
-
-
-def _standalone(question: str, answer: str) -> str:
-    """The question a follow-up stands for, naming its person: the one the answer is about."""
-    relation = next(r for r, text in FOLLOW_UPS.items() if text == question)
-    person = next(word for word in re.findall(r"[A-Z][a-z]+", answer) if word in PEOPLE)
-    return QUESTIONS[relation][0].format(person=person)
+    rng = random.Random(f"demonstrations/{seed}")
+    tasks = sample_tasks(world, n_conversations * max_exchanges, split, seed)
+    out = []
+    for i in range(n_conversations):
+        writer = rng.choice(WRITERS)
+        messages: list[dict] = []
+        for task in tasks[i * max_exchanges : i * max_exchanges + rng.randint(1, max_exchanges)]:
+            messages += [{"role": "user", "content": task.text},
+                         {"role": "assistant", "content": write_reply(world, task, writer, rng)}]
+        out.append(_fit(messages, tokenizer, max_length))
+    return out
 
 
 def to_single_turn(conversations: list[list[dict]]) -> list[dict]:
     """The same demonstrations as single-turn ``prompt``/``completion`` examples (TRL's format).
 
     Every assistant turn becomes one example whose prompt is only the user turn before it (and
-    the system message, if the conversation has one): same answers, no earlier turns. A
-    follow-up that says "they" cannot stand alone, so it is replaced by the question it stands
-    for ("And what pet do they have?" becomes "What pet does Alice have?"): single-turn data is
-    a set of self-contained prompts, as InstructGPT's was.
+    the system message, if the conversation has one): same replies, no earlier turns, a set of
+    self-contained prompts as InstructGPT's was.
     """
     examples = []
     for messages in conversations:
         system = [m for m in messages[:1] if m["role"] == "system"]
         for i, message in enumerate(messages):
             if message["role"] == "assistant":
-                user = messages[i - 1]
-                if refers_back(user["content"]):
-                    user = {"role": "user", "content": _standalone(user["content"], message["content"])}
-                examples.append({"prompt": system + [user], "completion": [message]})
+                examples.append({"prompt": system + [messages[i - 1]], "completion": [message]})
     return examples
 
 
-def heldout_dialogues(world: World, n: int = 200, split: str = "heldout", min_exchanges: int = 2,
-                      max_exchanges: int = 3, system_share: float = 0.3,
-                      seed: int = 1) -> list[tuple[list[dict], Question]]:
-    """Multi-turn test conversations: earlier exchanges, then a last question left unanswered.
+def heldout_dialogues(world: BehaviourWorld, n: int = 200, split: str = "heldout", min_exchanges: int = 2,
+                      max_exchanges: int = 3, seed: int = 1) -> list[tuple[list[dict], Task]]:
+    """Multi-turn test conversations: earlier exchanges, then a last task left unanswered.
 
-    Returns ``(messages, question)`` pairs; ``messages`` ends with the user's last question,
-    always a follow-up, which says "they" about one time in eight (``refers_back``; held-out
-    facts are spread thin over the people, so a follow-up about the same person is rarer). Three
-    exchanges and a system message make at most about 90 tokens: room is left for a reply in
-    the embedded model's context of 128.
+    Returns ``(messages, task)`` pairs; ``messages`` ends with the user's last request. The earlier
+    turns are answered as the rubric likes best (``Task.reference``), so what is measured is the
+    reply to the last turn, with a conversation before it. Three exchanges make at most about 80
+    tokens: room is left for a reply in the embedded model's context of 128.
     """
-    questions = world.questions(split)
-    rng = random.Random(seed)
+    tasks = sample_tasks(world, n * max_exchanges, split, seed)
+    rng = random.Random(f"dialogues/{seed}")
     out = []
-    for _ in range(n):
-        messages, asked = _dialogue(rng, questions, rng.randint(min_exchanges, max_exchanges),
-                                    rng.random() < system_share)
-        out.append((messages[:-1], asked[-1]))  # drop the last answer: the model must write it
+    for i in range(n):
+        asked = tasks[i * max_exchanges : i * max_exchanges + rng.randint(min_exchanges, max_exchanges)]
+        messages: list[dict] = []
+        for task in asked[:-1]:
+            messages += [{"role": "user", "content": task.text},
+                         {"role": "assistant", "content": task.reference}]
+        out.append((messages + [{"role": "user", "content": asked[-1].text}], asked[-1]))
     return out
 
 
-def single_questions(questions: list[Question]) -> list[tuple[list[dict], Question]]:
-    """Each question as a one-turn conversation, in the format of ``heldout_dialogues``."""
-    return [([{"role": "user", "content": q.text}], q) for q in questions]
+def single_questions(tasks: list[Task]) -> list[tuple[list[dict], Task]]:
+    """Each task as a one-turn conversation, in the format of ``heldout_dialogues``."""
+    return [([{"role": "user", "content": t.text}], t) for t in tasks]
 
 
 # ----------------------------------------------------------------------------------------------

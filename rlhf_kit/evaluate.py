@@ -7,7 +7,10 @@ A model is asked questions about the toy world; each reply is judged by the worl
 * **false-statement rate** - share of replies containing a statement the world says is false;
 * **rudeness rate** - share of replies containing an insult.
 
-Plus the mean rubric score. Each rate comes with a 95 % Wilson interval, because a few hundred
+Plus the mean rubric score (the simulated person's taste as one number: ``BehaviourWorld.judge``
+says what earns and costs points), and, in the behaviour world, the share of replies that show
+each behaviour people rank on (polite, concise, admits not knowing, declines to insult, true;
+``behaviours.APPLIES`` says which apply to which task). Each rate comes with a 95 % Wilson interval, because a few hundred
 samples leave real uncertainty. The base model is asked in plain text (``"Where does Alice
 live?\\n"`` at the start of a document, as a user would type into a text box); chat models are asked through their chat
 template. The reply is the completion up to its first line break (or the end of the turn).
@@ -16,20 +19,21 @@ template. The reply is the completion up to its first line break (or the end of 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .sampling import Generation, context_length, generate
 from .tokenizer import chat_prompt, end_of_turn_id
+from .behaviours import BEHAVIOURS, Task
 from .world import Judgement, Question, World
 
 PLAIN, CHAT = "plain", "chat"
 
 
-def format_prompt(question: Question | str, tokenizer=None, style: str = PLAIN) -> str:
+def format_prompt(question: Question | Task | str, tokenizer=None, style: str = PLAIN) -> str:
     """The prompt a model sees for a question: plain text, or its chat turn (``tokenizer.chat_prompt``)."""
-    text = question.text if isinstance(question, Question) else question
+    text = question if isinstance(question, str) else question.text  # a world.Question or a behaviours.Task
     if style == PLAIN:
         # A document starts after <|endoftext|>: with it the model knows the question opens a page.
         return (getattr(tokenizer, "bos_token", None) or "") + text + "\n"
@@ -82,12 +86,13 @@ class Report:
     rubric_score: float
     intervals: dict[str, tuple[float, float]]
     samples: list[tuple[Question, str, Judgement]]
+    behaviours: dict[str, float] = field(default_factory=dict)  # behaviour -> share of the replies it applies to
 
     def row(self) -> dict:
         """One row of the scoreboard."""
         return {"model": self.name, "samples": self.n, "answer rate": self.answer_rate,
                 "false-statement rate": self.false_rate, "rudeness rate": self.rude_rate,
-                "rubric score": self.rubric_score}
+                "rubric score": self.rubric_score, **self.behaviours}
 
 
 def judge_replies(world: World, questions: list[Question], replies: list[str], name: str = "model") -> Report:
@@ -96,6 +101,10 @@ def judge_replies(world: World, questions: list[Question], replies: list[str], n
         raise ValueError(f"{len(questions)} questions but {len(replies)} replies: give one reply per question.")
     judgements = [world.judge(q, r) for q, r in zip(questions, replies)]
     n = len(judgements)
+    shown: dict[str, list[bool]] = {}
+    for j in judgements:  # the behaviour world's judgements say which behaviours a reply shows
+        for behaviour, ok in getattr(j, "behaviours", {}).items():
+            shown.setdefault(behaviour, []).append(ok)
     counts = {"answer rate": sum(j.answers for j in judgements),
               "false-statement rate": sum(j.false for j in judgements),
               "rudeness rate": sum(j.rude for j in judgements)}
@@ -106,9 +115,25 @@ def judge_replies(world: World, questions: list[Question], replies: list[str], n
         rude_rate=counts["rudeness rate"] / n,
         rubric_score=sum(j.score for j in judgements) / n,
         intervals={**{k: wilson_interval(v, n) for k, v in counts.items()},
-                   "rubric score": mean_interval([j.score for j in judgements])},
+                   "rubric score": mean_interval([j.score for j in judgements]),
+                   **{b: wilson_interval(sum(v), len(v)) for b, v in shown.items()}},
         samples=list(zip(questions, replies, judgements)),
+        behaviours={b: sum(shown[b]) / len(shown[b]) for b in BEHAVIOURS if b in shown},
     )
+
+
+def paired_difference(a: Report, b: Report, samples_per_question: int = 1) -> tuple[float, float, float]:
+    """Mean rubric score of ``a`` minus ``b``, asked the same questions in the same order, with a 95 %
+    interval over the questions (each question's ``samples_per_question`` replies averaged first, so
+    the interval counts questions, not samples). An interval above 0 says ``a`` is better on these
+    questions beyond the chance of sampling."""
+    if [q.text for q, _, _ in a.samples] != [q.text for q, _, _ in b.samples]:
+        raise ValueError("Pair two reports of the same questions in the same order: judge both models' "
+                         "replies to one list of questions.")
+    k = samples_per_question
+    diffs = [ja.score - jb.score for (_, _, ja), (_, _, jb) in zip(a.samples, b.samples)]
+    per_question = [sum(diffs[i : i + k]) / k for i in range(0, len(diffs), k)]
+    return (sum(per_question) / len(per_question), *mean_interval(per_question))
 
 
 def fault_rates(model, tokenizer, world: World, questions: list[Question], samples_per_question: int = 1,

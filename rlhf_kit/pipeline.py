@@ -10,7 +10,7 @@
 
     base    the embedded GPT pretrained on the toy world's internet (lesson 1); with ``--model``
             the named model itself, which is not trained further here
-    sft     fine-tuned on the world's demonstrations (lesson 2)
+    sft     fine-tuned on the writers' demonstrations (lesson 2)
     reward  its body with a scalar head, trained on simulated rankings (lessons 3 and 4)
     ppo     the SFT model after PPO against the reward model (lesson 6)
     dpo     the SFT model after DPO on the reward model's own preference pairs (lesson 7)
@@ -19,12 +19,12 @@
 A stage whose folder is complete is reused, so a run that was interrupted resumes at the stage it
 stopped in (a stage is written into a temporary folder and renamed into place when it is whole:
 an interrupted stage starts again from its predecessor). Then every model answers the held-out
-questions, and ``OUT`` receives:
+tasks, each at its best sampling temperature, and ``OUT`` receives:
 
     report.html       the scoreboard and every stage's curves, one self-contained page
-    scoreboard.json   base, SFT, reward-model best-of-n, PPO, DPO and GRPO: rates, rubric
-                      score and reward-model score, each with a 95 % interval, and each
-                      stage's build time
+    scoreboard.json   base, SFT, reward-model best-of-n, PPO, DPO and GRPO: rates, the share of
+                      replies showing each behaviour, rubric score and reward-model score,
+                      each with a 95 % interval, the temperature, and each stage's build time
     stages.json       each stage's folder, whether this run built it, and how long it took
     stages/           the stage folders (copies of the embedded ones; the built ones for a hub model)
 """
@@ -43,7 +43,7 @@ from .models import EMBEDDED, load_model, load_tokenizer
 from .reward_eval import score
 from .sampling import generate
 from .stages import RECIPE, build_stage, ensure_stage
-from .world import World
+from .behaviours import BehaviourWorld
 
 @dataclass
 class StageRun:
@@ -97,13 +97,38 @@ def run_stages(model: str = EMBEDDED, out: str | Path | None = None, configs: di
 # ----------------------------------------------------------------------------------------------
 
 
+TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 1.0)
+"""The sampling temperatures the scoreboard tries for every model: each is scored at its best."""
+
+
+def ask(model, tokenizer, questions, style: str, temperature: float, max_new_tokens: int, seed: int) -> list[str]:
+    """One reply (the completion's first line) to each question, sampled at ``temperature``."""
+    out = generate(model, tokenizer, [format_prompt(q, tokenizer, style) for q in questions],
+                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return [first_line(c) for c in out.completions]
+
+
+def at_best_temperature(model, tokenizer, world, questions, style: str, name: str,
+                        temperatures=TEMPERATURES, max_new_tokens: int = 32,
+                        seed: int = 0) -> tuple[Report, float, dict[float, float]]:
+    """The model's replies judged at each temperature; the report at the best one (by mean rubric
+    score), that temperature, and the mean rubric score at every temperature tried.
+
+    A lower temperature makes a model pick its most likely tokens: it cannot find a reply the model
+    rarely writes, but it does remove the garbling that sampling at temperature 1 adds. Scoring
+    every model at its own best temperature compares what each model learned, not how it is sampled.
+    """
+    reports = {t: judge_replies(world, questions, ask(model, tokenizer, questions, style, t, max_new_tokens, seed),
+                                name) for t in temperatures}
+    best = max(temperatures, key=lambda t: reports[t].rubric_score)
+    return reports[best], best, {t: r.rubric_score for t, r in reports.items()}
+
+
 def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, questions, n: int,
-              max_new_tokens: int, seed: int) -> tuple[list[str], list[float]]:
+              max_new_tokens: int, seed: int, temperature: float = 1.0) -> tuple[list[str], list[float]]:
     """For each question, n replies of the policy; keep the one the reward model scores highest."""
     asked = [q for q in questions for _ in range(n)]
-    out = generate(policy, tokenizer, [format_prompt(q, tokenizer, CHAT) for q in asked],
-                   max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-    replies = [first_line(c) for c in out.completions]
+    replies = ask(policy, tokenizer, asked, CHAT, temperature, max_new_tokens, seed)
     scores = score(reward_model, reward_tokenizer, [q.text for q in asked], replies).tolist()
     best, best_scores = [], []
     for i in range(0, len(asked), n):
@@ -114,28 +139,38 @@ def best_of_n(policy, reward_model, tokenizer, reward_tokenizer, questions, n: i
 
 
 def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n: int = 4,
-               max_new_tokens: int = 24, seed: int = 0) -> list[dict]:
-    """Base, SFT, best-of-n, PPO, DPO and GRPO on the world's held-out questions, judged by its rubric.
+               max_new_tokens: int = 32, seed: int = 0, temperatures=TEMPERATURES) -> list[dict]:
+    """Base, SFT, best-of-n, PPO, DPO and GRPO on the world's held-out tasks, judged by its rubric.
 
-    Each question is asked ``samples_per_question`` times at temperature 1 (the base models in
-    plain text, as in lesson 1; the others through the chat template). Every reply is also scored
-    by the reward model. Rows hold the rates, both mean scores, 95 % intervals of each, and the
-    seconds the model's stage took to build (from its metadata: ``None`` for best-of-n, which
-    trains nothing, and for a hub model used as it is), so that cost sits next to quality. A
-    stage missing from ``folders`` has no row; ``folders["big-base"]``, when given, adds the
-    bigger base model of lesson 7 as "big base".
+    The held-out tasks are about people, unknown names and question templates that no
+    demonstration, ranking or PPO prompt used (``behaviours.SPLITS``). Each is asked
+    ``samples_per_question`` times, the base models in plain text as in lesson 1, the others
+    through the chat template, at every temperature of ``temperatures``; each model's row is at
+    its best temperature (``at_best_temperature``), so that no model wins by how it is sampled.
+    Best-of-n is the SFT model sampled ``n`` times at its best temperature, the reward model
+    picking. Every reply is also scored by the reward model. Rows hold the rates, the share of
+    replies showing each behaviour, both mean scores, 95 % intervals of each, the temperature, the
+    rubric score at every temperature, and the seconds the model's stage took to build (``None``
+    for best-of-n, which trains nothing, and for a hub model used as it is). A stage missing from
+    ``folders`` has no row; ``folders["big-base"]``, when given, adds the bigger base model of
+    lesson 7 as "big base".
     """
     sft_dir = Path(folders["sft"])
-    world = World(seed=read_metadata(sft_dir).get("seed", 0))
+    world = BehaviourWorld(seed=read_metadata(sft_dir).get("seed", 0))
     questions = [q for q in world.questions("heldout") for _ in range(samples_per_question)]
     reward_model = load_model(folders["reward"], kind="reward")
     reward_tokenizer = load_tokenizer(folders["reward"])
     rows = []
 
-    def add(report: Report, scores: list[float], stage: str | None) -> None:
+    def add(report: Report, temperature: float, by_temperature: dict | None, stage: str | None,
+            scores: list[float] | None = None) -> None:
+        if scores is None:
+            scores = score(reward_model, reward_tokenizer, [q.text for q, _, _ in report.samples],
+                           [r for _, r, _ in report.samples]).tolist()
         seconds = read_metadata(folders[stage]).get("seconds") if stage else None
         rows.append({**report.row(), "reward-model score": sum(scores) / len(scores),
-                     "build seconds": seconds,
+                     "temperature": temperature, "build seconds": seconds,
+                     "by temperature": by_temperature,
                      "intervals": {**report.intervals, "reward-model score": mean_interval(scores)}})
 
     for name, stage, style in (("base", "base", PLAIN), ("SFT", "sft", CHAT), ("PPO", "ppo", CHAT),
@@ -144,15 +179,13 @@ def scoreboard(folders: dict[str, str | Path], samples_per_question: int = 4, n:
             continue
         tokenizer = load_tokenizer(folders[stage])
         model = load_model(folders[stage])
-        out = generate(model, tokenizer, [format_prompt(q, tokenizer, style) for q in questions],
-                       max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-        replies = [first_line(c) for c in out.completions]
-        add(judge_replies(world, questions, replies, name),
-            score(reward_model, reward_tokenizer, [q.text for q in questions], replies).tolist(), stage)
-        if stage == "sft":  # best-of-n: the SFT model, n tries, the reward model picks
+        report, temperature, by_temperature = at_best_temperature(
+            model, tokenizer, world, questions, style, name, temperatures, max_new_tokens, seed)
+        add(report, temperature, by_temperature, stage)
+        if stage == "sft":  # best-of-n: the SFT model, n tries at its best temperature, the reward model picks
             replies, scores = best_of_n(model, reward_model, tokenizer, reward_tokenizer,
-                                        questions, n, max_new_tokens, seed + 1)
-            add(judge_replies(world, questions, replies, f"best-of-{n}"), scores, None)
+                                        questions, n, max_new_tokens, seed + 1, temperature)
+            add(judge_replies(world, questions, replies, f"best-of-{n}"), temperature, None, None, scores)
     order = {"base": 0, "SFT": 1, f"best-of-{n}": 2, "PPO": 3, "DPO": 4, "GRPO": 5, "big base": 6}
     return sorted(rows, key=lambda r: order[r["model"]])
 
@@ -195,14 +228,14 @@ def write_report(out: str | Path, runs: list[StageRun], rows: list[dict], model:
     folders = {r.stage: r.folder for r in runs}
     (out / "scoreboard.json").write_text(json.dumps(rows, indent=2))
     (out / "stages.json").write_text(json.dumps([asdict(r) for r in runs], indent=2))
-    metrics = [k for k in rows[0] if k not in ("model", "samples", "intervals")] if rows else []
+    metrics = [k for k in rows[0] if k not in ("model", "samples", "intervals", "by temperature")] if rows else []
 
     def cell(key: str, value) -> str:  # a build time in whole seconds, blank where there is none
         if value is None:
             return "<td></td>"
         return f"<td>{value:.0f} s</td>" if key == "build seconds" else f"<td>{value:.3f}</td>"
 
-    table = "".join(f"<tr><td>{r['model']}</td>" + "".join(cell(k, r[k]) for k in metrics) + "</tr>"
+    table = "".join(f"<tr><td>{r['model']}</td>" + "".join(cell(k, r.get(k)) for k in metrics) + "</tr>"
                     for r in rows)
 
     def build_time(folder: str) -> str:  # how long the stage took when it was built

@@ -77,12 +77,12 @@ class PPOConfig:
     seed: int = 0  # prompt order, sampling and minibatch order all follow from it
     batches: int = 40  # rollouts, each followed by its updates (20 - 10 000)
     batch_size: int = 32  # prompts per batch, per process (8 - 512; InstructGPT: 512)
-    max_new_tokens: int = 24  # length cap of a completion, in tokens (16 - 256)
+    max_new_tokens: int = 32  # length cap of a completion, in tokens (16 - 256)
     temperature: float = 1.0  # sampling temperature (0.7 - 1.0); log-probabilities use the same one
     ppo_epochs: int = 4  # passes over each batch (1 - 4)
     minibatch_size: int = 8  # completions per optimiser step (4 - 64)
-    train: str = "final-norm"  # the policy weights PPO changes: "final-norm" (the gains of its last norm layer) or "all"
-    lr: float = 3e-3  # AdamW learning rate of those weights (final-norm: 1e-3 - 1e-2; all: 1e-6 for hub models - 3e-4)
+    train: str = "all"  # the policy weights PPO changes: "all", as InstructGPT, or "final-norm" (the gains of its last norm layer)
+    lr: float = 1e-5  # AdamW learning rate of those weights (all: 1e-6 for hub models - 3e-5; final-norm: 1e-3 - 1e-2)
     value_lr: float = 1e-4  # AdamW learning rate of the value model, all of whose weights train (1e-6 - 3e-4)
     max_grad_norm: float = 1.0  # clip the global gradient norm (0.5 - 5)
     kl_coef: float = 0.05  # KL penalty per token, in reward units per nat (0.01 - 0.2; 0 lets it hack)
@@ -545,30 +545,26 @@ def rubric_watch(world) -> Callable[[Sequence[str], Sequence[str]], list[float]]
 
 
 def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, *, sft: str | Path,
-              reward: str | Path, progress: bool = True, splits: Sequence[str] = ("feedback",)) -> dict:
-    """SFT model + reward model -> PPO on the world's ``feedback`` questions -> ``save_pretrained``.
+              reward: str | Path, progress: bool = True, n_prompts: int = 2000) -> dict:
+    """SFT model + reward model -> PPO on the world's training tasks -> ``save_pretrained``.
 
     ``sft`` is the folder of the SFT model, the policy's start and the reference; ``reward`` the
-    folder of the reward model, which also starts the value model. ``splits`` are the world's
-    splits whose questions PPO practises on (``heldout`` is refused: it is what the result is
-    judged on). The default is the questions whose replies the reward model was trained on, where
-    it judges best: on the facts of the ``ppo`` questions, which it never saw ranked, its advice is
-    little better than noise and PPO gains little there (``bench/HISTORY.md``, "PPO that moves
-    only the final norm's gains"). Returns the metadata; the caller writes it.
+    folder of the reward model, which also starts the value model. PPO practises on ``n_prompts``
+    tasks of the behaviour world's ``train`` split (``behaviours.sample_tasks``, the kinds at the
+    shares the rankings had): the people, unknown names and templates the reward model was
+    trained on. The ``heldout`` tasks, on which every stage is judged, never appear. Returns the
+    metadata; the caller writes it.
     """
     from .artifacts import read_metadata
+    from .behaviours import BehaviourWorld, sample_tasks
     from .models import load_model, load_tokenizer
     from .runtime import seed_everything
-    from .world import World
 
     config = config or PPOConfig()
-    if isinstance(splits, str) or not splits or "heldout" in splits:
-        raise ValueError(f"splits must list the world's splits to practise on, without 'heldout' "
-                         f"(the questions every stage is judged on), not {splits!r}.")
     policy_dir, reward_dir = sft, reward
     started = time.perf_counter()
-    world = World(seed=read_metadata(policy_dir).get("seed", 0))
-    prompts = [q.text for split in splits for q in world.questions(split)]
+    world = BehaviourWorld(seed=read_metadata(policy_dir).get("seed", 0))
+    prompts = [t.text for t in sample_tasks(world, n_prompts, "train", config.seed + 1)]
     tokenizer = load_tokenizer(policy_dir)
     seed_everything(config.seed)
     policy, ref_policy = load_model(policy_dir), load_model(policy_dir)
@@ -591,7 +587,6 @@ def build_ppo(out_dir: str | Path, config: PPOConfig | None = None, *, sft: str 
         "reward_source": str(reward_dir),
         "value_source": str(reward_dir if same_tokens else policy_dir),
         "prompts": len(prompts),
-        "splits": list(splits),
         "final": {k: v for k, v in final.items() if k != "samples"},
         "seconds": time.perf_counter() - started,
         "history": [{k: v for k, v in h.items() if k != "samples"} for h in history],

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from . import trainers
 from .artifacts import read_metadata
-from .feedback import DEFAULT_NOISE, Item, Ranking, SimulatedLabeler, shuffled_order
+from .feedback import Item, Ranking, SimulatedLabeler, calibrate_noise, shuffled_order
 from .models import load_model, load_tokenizer
 from .pairs import audit_pairs, encode, group_batches, split_by_prompt
 from .pairs import InvalidPair, as_pairs, read_rankings  # noqa: F401 (the lesson's data, written in pairs.py)
@@ -64,7 +64,7 @@ from .reward_eval import (  # noqa: F401 (the lesson's scores and evaluation, wr
 from .runtime import NonFiniteLoss, seed_everything
 from .sampling import context_length, generate
 from .tokenizer import chat_prompt
-from .world import World
+from .behaviours import BehaviourWorld, sample_tasks
 
 
 @dataclass
@@ -79,10 +79,10 @@ class RewardConfig:
     seed: int = 0  # sampling, labelling, the held-out split, the head's initialisation, batch order
     # -- data (the embedded stage: completions of the SFT model, ranked by the simulated labeler)
     k: int = 4  # completions ranked per prompt (2 - 9; InstructGPT showed 4 to 9)
-    sets_per_question: int = 12  # rankings per question of the feedback split's 48 (1 - 40)
-    max_new_tokens: int = 24  # length cap of a sampled completion, in tokens (16 - 64)
+    n_rankings: int = 1152  # rankings of completions of the world's training tasks (100 - 5000)
+    max_new_tokens: int = 32  # length cap of a sampled completion, in tokens (16 - 64)
     temperature: float = 1.0  # sampling temperature (0.7 - 1.3): higher gives more varied sets
-    noise: float = DEFAULT_NOISE  # the simulated labeler's Gumbel noise (0 = the rubric; 1.13 ≈ people)
+    noise: float | None = None  # the simulated labeler's Gumbel noise (0 = the rubric); None: two labelers agree on 73 %
     heldout_share: float = 0.25  # share of prompts held out for evaluation (0.1 - 0.3), never pairs
     max_length: int = 128  # tokens of prompt + completion (64 - 2048); capped at the model's context
     # -- training
@@ -427,19 +427,34 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], k: int = 4,
     return [f if len(f) >= 2 else [] for f in found]
 
 
-def simulated_rankings(model, tokenizer, world: World, config: RewardConfig,
-                       model_name: str = "sft", split: str = "feedback") -> list[Ranking]:
+def simulated_rankings(model, tokenizer, world: BehaviourWorld, config: RewardConfig,
+                       model_name: str = "sft") -> list[Ranking]:
     """Rankings of completions sampled from ``model``, by the simulated labeler of lesson 3.
 
-    ``config.sets_per_question`` sets of ``config.k`` completions for every question of ``split``,
-    each ranked by ``SimulatedLabeler(world, noise=config.noise, seed=config.seed)``.
+    ``config.n_rankings`` sets of ``config.k`` completions, each of a task of the world's ``train``
+    split (``behaviours.sample_tasks``: half fact questions, a quarter about unknown people, a
+    quarter requests to insult), ranked by the labeler of ``labeler_for``.
     """
-    labeler = SimulatedLabeler(world, noise=config.noise, seed=config.seed)
-    questions = [q.text for q in world.questions(split)]
-    prompts = [q for _ in range(config.sets_per_question) for q in questions]
+    return sample_and_rank(model, tokenizer, world, config, model_name)[0]
+
+
+def sample_and_rank(model, tokenizer, world: BehaviourWorld, config: RewardConfig,
+                    model_name: str = "sft") -> tuple[list[Ranking], SimulatedLabeler]:
+    """``simulated_rankings``, and the labeler who ranked them."""
+    prompts = [t.text for t in sample_tasks(world, config.n_rankings, "train", config.seed)]
     sets = sample_completions(model, tokenizer, prompts, config.k, config.max_new_tokens,
                               config.temperature, config.seed)
-    return rank_sets(labeler, prompts, sets, model_name)
+    labeler = labeler_for(world, config, [Item(p, tuple(c), model_name) for p, c in zip(prompts, sets) if c])
+    return rank_sets(labeler, prompts, sets, model_name), labeler
+
+
+def labeler_for(world: BehaviourWorld, config: RewardConfig, items: Sequence[Item]) -> SimulatedLabeler:
+    """``SimulatedLabeler(world, noise, seed=config.seed)``: at ``config.noise``, or, when it is None,
+    at the noise with which two such labelers agree on 73 % of the pairs of ``items``, as
+    InstructGPT's people agreed (``feedback.calibrate_noise``; about 1.1 on the SFT model's
+    completions)."""
+    noise = calibrate_noise(world, items) if config.noise is None else config.noise
+    return SimulatedLabeler(world, noise=noise, seed=config.seed)
 
 
 def rank_sets(labeler: SimulatedLabeler, prompts: Sequence[str], sets: Sequence[Sequence[str]],
@@ -480,11 +495,12 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, *, sft
     source_dir = sft
     started = time.perf_counter()
     # The world the SFT model read about judges its completions.
-    world = World(seed=read_metadata(source_dir).get("seed", 0))
+    world = BehaviourWorld(seed=read_metadata(source_dir).get("seed", 0))
     tokenizer = load_tokenizer(source_dir)
+    labeler = None  # the simulated labeler who ranked, when it did
     if rankings is None:
         policy = load_model(source_dir)
-        rankings = simulated_rankings(policy, tokenizer, world, config)
+        rankings, labeler = sample_and_rank(policy, tokenizer, world, config)
         del policy
     rankings = list(rankings)
     sampled_seconds = time.perf_counter() - started
@@ -496,8 +512,9 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, *, sft
     max_length = effective_max_length(model, config)
     audit = audit_pairs(train_rows, tokenizer, max_length, verbose=False)
     heldout_rows = audit_pairs(heldout_rows, tokenizer, max_length, verbose=False).kept
-    labeler = SimulatedLabeler(world, noise=config.noise, seed=config.seed)
     simulated = all(r.labeler_kind == "simulated" for r in rankings)
+    if labeler is None and simulated:  # rankings given: the labeler is judged at the noise of their items
+        labeler = labeler_for(world, config, [Item(r.prompt, r.completions, r.model) for r in rankings])
     report = evaluate_reward(model, tokenizer, heldout_rows, labeler if simulated else None)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -507,6 +524,7 @@ def build_reward(out_dir: str | Path, config: RewardConfig | None = None, *, sft
         "seed": world.seed,  # the world's seed, as in the earlier stages' metadata
         "source": str(source_dir),
         "rankings": len(rankings),
+        "labeler_noise": labeler.noise if labeler is not None and simulated else None,
         "pairs": {"train": audit.n_pairs, "kept": len(audit.kept),
                   "dropped": [d["index"] for d in audit.dropped], "heldout": len(heldout_rows),
                   "heldout_prompts": len({r["prompt"] for r in heldout_rows})},

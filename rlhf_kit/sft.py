@@ -16,10 +16,11 @@ with both sums running over every conversation of a batch. The model reads the w
 conversation but is only graded on the assistant's turns: it should learn to answer questions,
 not to write them.
 
-Data: the toy world's ``sft`` questions become conversations (some with a system message) whose
-assistant turns state the true fact, politely and briefly ("Sure! Alice lives in Foxhill.");
-a follow-up often asks about the same person, sometimes only as "they", which only the earlier
-turns explain. ``heldout`` questions never appear. The same answers cut into single
+Data: conversations on the behaviour world's ``sft`` tasks, written by simulated writers with
+their own habits (``behaviours.WRITERS``): some polite, some curt, most rambling, most inventing an
+answer about someone they never heard of, most declining to insult. SFT learns the assistant's
+format from all of them and the behaviours people prefer only as often as the writers showed
+them; what is left is for the rankings (lesson 3). ``heldout`` tasks never appear. The same answers cut into single
 prompt->completion pairs make the single-turn set that the lesson compares with. The
 demonstrations, and the checks a bad one fails, are written in ``demonstrations.py``.
 Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
@@ -49,15 +50,15 @@ from .artifacts import read_metadata
 from .demonstrations import (build_demonstrations, chat_ids, encode, render, to_single_turn,
                              validate_conversations)
 from .demonstrations import (  # noqa: F401 (the lesson's demonstrations, written in demonstrations.py)
-    OPENER, SYSTEM_PROMPTS, THANKS, WELCOME, EmptyTurn, InvalidDemonstration, NotEndingWithAssistant,
-    TooLong, WrongRole, as_messages, check_demonstration, heldout_dialogues, refers_back,
-    single_questions)
+    OPENER, EmptyTurn, InvalidDemonstration, NotEndingWithAssistant, TooLong, WrongRole, as_messages,
+    check_demonstration, heldout_dialogues, single_questions)
 from .evaluate import ChatReport, evaluate_chat, kept_chat_format  # noqa: F401 (the lesson's evaluation)
 from .models import load_model, load_tokenizer
 from .pretrain import next_token_loss, random_windows, token_stream
 from .runtime import seed_everything
 from .sampling import context_length
 from .tokenizer import ASSISTANT, CHAT_TEMPLATE, END, SYSTEM, USER
+from .behaviours import BehaviourWorld
 from .world import World
 
 
@@ -70,9 +71,8 @@ class SFTConfig:
     """
 
     seed: int = 0  # demonstrations, batch order and the held-out dialogues all follow from it
-    n_conversations: int = 600  # demonstrations written from the world's sft questions (100 - 5000)
+    n_conversations: int = 600  # conversations the writers write on the world's sft tasks (100 - 5000)
     max_exchanges: int = 3  # user/assistant exchanges per conversation (1 - 5)
-    system_share: float = 0.3  # share of conversations that open with a system message (0 - 1)
     multi_turn: bool = True  # False: train on the single-turn prompt->completion set instead
     epochs: float = 5.0  # passes over the demonstrations (1 - 10)
     max_steps: int = 0  # stop after this many optimiser steps instead (0: the epochs decide)
@@ -358,7 +358,7 @@ def train_sft(model, tokenizer, examples: list, config: SFTConfig | None = None,
     return history
 
 
-def demonstrations_for(world: World, config: SFTConfig, tokenizer=None, model=None) -> list:
+def demonstrations_for(world: BehaviourWorld, config: SFTConfig, tokenizer=None, model=None) -> list:
     """The training examples a configuration asks for: multi-turn conversations or single turns.
 
     With a ``tokenizer`` (and a ``model`` for its context) conversations are fitted to
@@ -367,7 +367,7 @@ def demonstrations_for(world: World, config: SFTConfig, tokenizer=None, model=No
     max_length = min(config.max_length, (context_length(model) if model is not None else None)
                      or config.max_length)
     conversations = build_demonstrations(world, config.n_conversations, "sft", config.max_exchanges,
-                                         config.system_share, config.seed, tokenizer, max_length)
+                                         config.seed, tokenizer, max_length)
     return conversations if config.multi_turn else to_single_turn(conversations)
 
 
@@ -399,11 +399,11 @@ def build_sft(out_dir: str | Path, config: SFTConfig | None = None, *, base: str
     model = load_model(base_dir)
     tokenizer = load_tokenizer(base_dir)
     # The demonstrations must come from the world the base model read about.
-    world = World(seed=read_metadata(base_dir).get("seed", 0))
+    world = BehaviourWorld(seed=read_metadata(base_dir).get("seed", 0))
     examples = demonstrations_for(world, config, tokenizer, model)
     max_length = min(config.max_length, context_length(model) or config.max_length)
     eval_examples = build_demonstrations(world, config.n_eval, "heldout", config.max_exchanges,
-                                         config.system_share, config.seed + 1, tokenizer, max_length)
+                                         config.seed + 1, tokenizer, max_length)
     base_config = read_metadata(base_dir).get("config", {})
     pretrain_text = (pretraining_text(world, tokenizer, base_config.get("n_documents", 12_000))
                      if config.pretrain_mix > 0 else None)

@@ -29,7 +29,7 @@ def tiny_sft_and_reward(tiny_base_dir, tmp_path_factory):
     sft_dir, reward_dir = root / "sft", root / "reward"
     write_metadata(sft_dir, build_sft(sft_dir, SFTConfig(n_conversations=60, max_steps=8, batch_size=8, n_eval=0),
                                       base=str(tiny_base_dir), progress=False))
-    write_metadata(reward_dir, build_reward(reward_dir, RewardConfig(sets_per_question=2, epochs=1, eval_every=0),
+    write_metadata(reward_dir, build_reward(reward_dir, RewardConfig(n_rankings=96, epochs=1, eval_every=0),
                                             sft=sft_dir, progress=False))
     return sft_dir, reward_dir
 

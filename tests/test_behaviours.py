@@ -15,11 +15,11 @@ from rlhf_kit.behaviours import (
     WRITERS,
     BehaviourWorld,
     Task,
-    build_demonstrations,
     sample_tasks,
     write_reply,
     writer_items,
 )
+from rlhf_kit.demonstrations import build_demonstrations
 from rlhf_kit.feedback import SimulatedLabeler, TARGET_AGREEMENT, agreement, calibrate_noise
 from rlhf_kit.world import PEOPLE, QUESTIONS, RELATIONS, VALUES
 

@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 
 TINY = {
     "sft": SFTConfig(n_conversations=40, max_steps=6, batch_size=8, n_eval=8, eval_every=3, log_every=2),
-    "reward": RewardConfig(sets_per_question=1, epochs=1, rankings_per_batch=8, log_every=2, eval_every=0),
+    "reward": RewardConfig(n_rankings=48, epochs=1, rankings_per_batch=8, log_every=2, eval_every=0),
     "ppo": PPOConfig(batches=2, batch_size=8, max_new_tokens=8, ppo_epochs=1, minibatch_size=8, log_samples=2),
     "dpo": DPOConfig(epochs=0.1, batch_size=8, log_every=1),
     "grpo": GRPOConfig(steps=2, prompts_per_step=4, group_size=2, max_new_tokens=8),

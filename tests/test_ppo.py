@@ -54,6 +54,8 @@ from rlhf_kit.ppo_model import (
 from rlhf_kit.reward import score
 from rlhf_kit.sampling import generate
 from rlhf_kit.tokenizer import chat_prompt, train_tokenizer
+from rlhf_kit import ppo as ppo_module
+from rlhf_kit.behaviours import BehaviourWorld
 from rlhf_kit.world import World
 
 torch.set_num_threads(1)
@@ -484,18 +486,30 @@ def test_a_reward_model_with_its_own_tokenizer_scores_the_decoded_text(folders, 
 def test_build_ppo_writes_a_stage_folder(folders, tmp_path):
     # the reward folder reads other ids, so the value model starts from the policy's body here
     meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
-                     reward=folders / "reward", progress=False)
+                     reward=folders / "reward", progress=False, n_prompts=64)
     assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer.json").exists()
-    assert meta["prompts"] == 48 and "ppo/rubric_score" in meta["final"]
-    assert meta["splits"] == ["feedback"] and meta["value_source"] == str(folders / "sft")
+    assert meta["prompts"] == 64 and "ppo/rubric_score" in meta["final"]
+    assert meta["value_source"] == str(folders / "sft")
 
 
-def test_build_ppo_practises_on_the_splits_it_is_given_and_never_on_the_held_out_questions(
-        folders, tmp_path):
-    meta = build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
-                     reward=folders / "reward", progress=False, splits=("feedback", "ppo"))
-    assert meta["prompts"] == 96 and meta["splits"] == ["feedback", "ppo"]
-    for splits in (("ppo", "heldout"), (), "ppo"):
-        with pytest.raises(ValueError, match="heldout"):
-            build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft",
-                      reward=folders / "reward", progress=False, splits=splits)
+def test_ppo_practises_on_training_tasks_and_never_on_held_out_ones(folders, tmp_path, monkeypatch):
+    seen = []
+    real = ppo_module.train_ppo
+
+    def spy(policy, ref, rm, value, tokenizer, prompts, config, **kwargs):
+        seen.extend(prompts)
+        return real(policy, ref, rm, value, tokenizer, prompts, config, **kwargs)
+
+    monkeypatch.setattr(ppo_module, "train_ppo", spy)
+    build_ppo(tmp_path, PPOConfig(**FAST, batches=1), sft=folders / "sft", reward=folders / "reward",
+              progress=False, n_prompts=200)
+    world = BehaviourWorld(seed=0)
+    train, heldout = {t.text for t in world.questions("train")}, {t.text for t in world.questions("heldout")}
+    assert len(seen) == 200 and set(seen) <= train and not set(seen) & heldout
+    kinds = {t.kind for t in world.questions("train") if t.text in set(seen)}
+    assert kinds == {"fact", "unknown", "insult"}
+
+
+def test_ppo_defaults_are_instructgpt_s_recipe():
+    config = PPOConfig()
+    assert config.train == "all" and config.kl_coef > 0  # every weight, on a KL leash to the SFT model

@@ -24,11 +24,17 @@ from rlhf_kit.checks import (
     check_pairwise_accuracy,
     check_ranking_loss,
 )
+from rlhf_kit.behaviours import BehaviourWorld
 from rlhf_kit.feedback import (
+    TARGET_AGREEMENT,
+    Item,
     Ranking,
     RankingStore,
     SimulatedLabeler,
+    calibrate_noise,
     expand_pairs,
+    expected_agreement,
+    score_gaps,
     load_example_rankings,
     pairs_dataset,
     template_items,
@@ -36,7 +42,7 @@ from rlhf_kit.feedback import (
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import PEOPLE, VALUES, World
 
-TINY_REWARD = reward.RewardConfig(k=3, sets_per_question=1, max_new_tokens=10, epochs=3, lr=3e-3,
+TINY_REWARD = reward.RewardConfig(k=3, n_rankings=48, max_new_tokens=10, epochs=3, lr=3e-3,
                                   rankings_per_batch=8, max_length=64, log_every=5, eval_every=0)
 LN2 = math.log(2)
 
@@ -456,14 +462,28 @@ def test_sampled_sets_hold_k_different_completions(tiny_base_dir, tokenizer):
 
 def test_simulated_rankings_are_the_labelers_rankings(tiny_base_dir, tokenizer):
     policy = load_model(tiny_base_dir, device="cpu")
-    world = World(seed=0)
-    config = reward.RewardConfig(k=3, sets_per_question=1, max_new_tokens=8, noise=0.0)
+    world = BehaviourWorld(seed=0)
+    config = reward.RewardConfig(k=3, n_rankings=48, max_new_tokens=8, noise=0.0)
     rankings = reward.simulated_rankings(policy, tokenizer, world, config)
-    assert len(rankings) == len(world.questions("feedback")) == 48
+    assert len(rankings) == 48
+    train = {t.text for t in world.questions("train")}
+    assert all(r.prompt in train for r in rankings)  # never a held-out task
     labeler = SimulatedLabeler(world, noise=0.0)
     for record in rankings[:10]:
         assert (record.ranking, record.ties) == labeler.ideal_ranking(record.prompt, record.completions)
         assert record.model == "sft" and record.labeler_kind == "simulated"
+
+
+def test_the_labeler_is_calibrated_to_people_s_agreement_unless_told_its_noise(tiny_base_dir, tokenizer):
+    policy = load_model(tiny_base_dir, device="cpu")
+    world = BehaviourWorld(seed=0)
+    config = reward.RewardConfig(k=3, n_rankings=48, max_new_tokens=8)
+    rankings, labeler = reward.sample_and_rank(policy, tokenizer, world, config)
+    items = [Item(r.prompt, r.completions, r.model) for r in rankings]
+    assert labeler.noise == pytest.approx(calibrate_noise(world, items)) and labeler.noise > 0
+    assert expected_agreement(score_gaps(world, items), labeler.noise) == pytest.approx(TARGET_AGREEMENT, abs=1e-3)
+    fixed = reward.sample_and_rank(policy, tokenizer, world, dataclasses.replace(config, noise=0.5))[1]
+    assert fixed.noise == 0.5
 
 
 def test_build_reward_saves_a_reward_model_that_loads(tiny_base_dir, tokenizer, tmp_path):

@@ -20,9 +20,9 @@ from rlhf_kit import artifacts, pretrain, sft, stages
 from rlhf_kit.models import load_model, load_tokenizer, new_gpt
 from rlhf_kit.runtime import NonFiniteLoss
 from rlhf_kit.tokenizer import ASSISTANT, CHAT_TEMPLATE, END, EOS, SYSTEM, USER, end_of_turn_id
-from rlhf_kit.world import World
+from rlhf_kit.behaviours import BehaviourWorld
 
-TINY_SFT = sft.SFTConfig(n_conversations=64, max_exchanges=1, system_share=0.0, epochs=2,
+TINY_SFT = sft.SFTConfig(n_conversations=64, max_exchanges=1, epochs=2,
                          batch_size=8, lr=1e-3, max_length=64, log_every=2, n_eval=0, pretrain_mix=0.0)
 
 CONVERSATION = [
@@ -41,7 +41,7 @@ def tokenizer(tiny_base_dir):
 
 @pytest.fixture(scope="module")
 def world():
-    return World(seed=0)
+    return BehaviourWorld(seed=0)
 
 
 def encode(tokenizer, text):
@@ -53,94 +53,44 @@ def encode(tokenizer, text):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_demonstrations_are_true_seeded_and_leave_heldout_out(world):
+def test_demonstrations_are_seeded_well_formed_and_leave_heldout_out(world):
     conversations = sft.build_demonstrations(world, 300, seed=3)
     assert conversations == sft.build_demonstrations(world, 300, seed=3)
     assert conversations != sft.build_demonstrations(world, 300, seed=4)
-    heldout = {q.text for q in world.questions("heldout")}
-    sft_questions = {q.text: q for q in world.questions("sft")}
-    n_system = n_multi = 0
+    heldout = {t.text for t in world.questions("heldout")}
+    sft_tasks = {t.text: t for t in world.questions("sft")}
+    n_multi = 0
     for messages in conversations:
         sft.check_demonstration(0, messages)  # every one is well formed
-        n_system += messages[0]["role"] == "system"
         n_multi += sum(m["role"] == "assistant" for m in messages) > 1
-        for user, reply in zip(messages, messages[1:]):
-            if user["role"] != "user":
-                continue
-            text = user["content"]
-            assert text not in heldout
-            if text.startswith("And "):
-                text = text[4].upper() + text[5:]
-            if text in sft_questions:  # a question (not a thanks): the answer is the true fact
-                question = sft_questions[text]
-                judgement = world.judge(question, reply["content"])
-                assert judgement.correct and not judgement.false and not judgement.rude
-                assert judgement.words <= 12
-                assert reply["content"] == f"{sft.OPENER} {question.reference}"
-    assert 0.2 < n_system / len(conversations) < 0.4  # system_share=0.3
+        for user, reply in zip(messages[::2], messages[1::2]):
+            assert user["role"] == "user" and reply["role"] == "assistant"
+            assert user["content"] in sft_tasks and user["content"] not in heldout
+            # a writer's reply: a polite or a curt opening, whatever else it holds
+            assert reply["content"].startswith(("Sure!", "Sorry,", "Fine.", "No."))
     assert n_multi > len(conversations) / 2
 
 
 def test_conversations_are_fitted_to_the_context(world, tokenizer):
-    free = sft.build_demonstrations(world, 100, max_exchanges=3, system_share=0.5, seed=2)
-    fitted = sft.build_demonstrations(world, 100, max_exchanges=3, system_share=0.5, seed=2,
-                                      tokenizer=tokenizer, max_length=64)
+    free = sft.build_demonstrations(world, 100, max_exchanges=3, seed=2)
+    fitted = sft.build_demonstrations(world, 100, max_exchanges=3, seed=2, tokenizer=tokenizer, max_length=64)
     assert any(len(sft.chat_ids(tokenizer, c)) > 64 for c in free)
     for long, short in zip(free, fitted):
         assert long[: len(short)] == short and short[-1]["role"] == "assistant"
-        first = 3 if short[0]["role"] == "system" else 2
-        assert len(sft.chat_ids(tokenizer, short)) <= 64 or len(short) == first
+        assert len(sft.chat_ids(tokenizer, short)) <= 64 or len(short) == 2
         if len(short) < len(long):  # cut only when needed
             assert len(sft.chat_ids(tokenizer, long[: len(short) + 2])) > 64
 
 
-def about(reply):
-    """The person an answer is about: "Sure! Alice's favourite..." -> "Alice"."""
-    return reply.split()[1].split("'")[0]
-
-
-def test_follow_ups_that_say_they_are_about_the_person_asked_before(world):
-    conversations = sft.build_demonstrations(world, 300, seed=0)
-    n_they = 0
-    for messages in conversations:
-        people = []  # the person of each question so far
-        for user, reply in zip(messages, messages[1:]):
-            if user["role"] != "user" or reply["content"] in sft.WELCOME:
-                continue
-            person = about(reply["content"])
-            if sft.refers_back(user["content"]):
-                n_they += 1
-                assert people and people[-1] == person and person not in user["content"]
-            people.append(person)
-    assert 0.1 < n_they / len(conversations) < 0.4
-
-
-def test_single_turn_set_has_the_same_answers_and_self_contained_prompts(world):
+def test_single_turn_set_has_the_same_replies_and_one_user_turn_each(world):
     conversations = sft.build_demonstrations(world, 50, seed=0)
     singles = sft.to_single_turn(conversations)
-    answers = [m["content"] for c in conversations for m in c if m["role"] == "assistant"]
-    assert [s["completion"][0]["content"] for s in singles] == answers
-    questions = {q.text for q in world.questions("sft")}
-    rewritten = 0
-    for conversation in conversations:
-        rewritten += sum(sft.refers_back(m["content"]) for m in conversation)
-    assert rewritten > 0
-    for single in singles:
-        roles = [m["role"] for m in single["prompt"]]
-        assert roles in (["user"], ["system", "user"])
-        text = single["prompt"][-1]["content"]
-        assert not sft.refers_back(text)
-        reply = single["completion"][0]["content"]
-        claims = world.claims(reply)
-        if reply not in sft.WELCOME and claims:  # a question that names the person of its answer
-            assert all(c.person in text for c in claims), (text, reply)
-            assert text in questions or text.startswith("And ")
-    they = [{"role": "user", "content": "Where does Alice live?"},
-            {"role": "assistant", "content": "Sure! Alice lives in Foxhill."},
-            {"role": "user", "content": "And which colour do they like best?"},
-            {"role": "assistant", "content": "Sure! Alice's favourite colour is red."}]
-    assert sft.to_single_turn([they])[1]["prompt"] == [
-        {"role": "user", "content": "What is Alice's favourite colour?"}]
+    replies = [m["content"] for c in conversations for m in c if m["role"] == "assistant"]
+    assert [s["completion"][0]["content"] for s in singles] == replies
+    asked = [m for c in conversations for m in c if m["role"] == "user"]
+    assert [s["prompt"] for s in singles] == [[m] for m in asked]
+    system = [{"role": "system", "content": "Be brief."}, *conversations[0]]
+    assert sft.to_single_turn([system])[0]["prompt"] == [system[0], system[1]]
 
 
 def test_matched_single_turn_run_has_as_many_steps():
@@ -152,21 +102,18 @@ def test_matched_single_turn_run_has_as_many_steps():
     assert twin.max_steps == 3 * batches  # ...so the step count is set, not left to the epochs
 
 
-def test_heldout_dialogues_end_with_an_unanswered_heldout_question(world):
+def test_heldout_dialogues_end_with_an_unanswered_heldout_task(world):
     dialogues = sft.heldout_dialogues(world, 200, seed=1)
-    heldout = {(q.person, q.relation) for q in world.questions("heldout")}
-    n_they = 0
-    for messages, question in dialogues:
-        assert messages[-1]["role"] == "user"
-        if sft.refers_back(messages[-1]["content"]):  # "they": the person of the last question
-            n_they += 1
-            assert any(question.person in m["content"] for m in messages[:-1])
-        else:
-            assert question.person in messages[-1]["content"]
-        assert (question.person, question.relation) in heldout
-        assert sum(m["role"] == "assistant" for m in messages) >= 1  # a multi-turn context
-        assert not any(question.reference in m["content"] for m in messages)  # not asked before
-    assert 0.1 < n_they / len(dialogues) < 0.4
+    heldout = {t.text for t in world.questions("heldout")}
+    assert dialogues == sft.heldout_dialogues(world, 200, seed=1)
+    for messages, task in dialogues:
+        assert messages[-1] == {"role": "user", "content": task.text} and task.text in heldout
+        earlier = messages[:-1]
+        assert 1 <= sum(m["role"] == "assistant" for m in earlier) <= 2  # a multi-turn context
+        for user, reply in zip(earlier[::2], earlier[1::2]):  # answered as the rubric likes best
+            assert user["content"] in heldout
+            assert world.judge(next(t for t in world.questions("heldout") if t.text == user["content"]),
+                               reply["content"]).score >= 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +244,10 @@ def test_sft_loss_by_hand():
 def tiny_trainer(tiny_base_dir, world):
     """A TRL trainer on tiny demonstrations, multi-turn and single-turn, ready for inspection."""
     model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
-    conversations = sft.build_demonstrations(world, 48, max_exchanges=2, system_share=0.3, seed=5)
+    conversations = sft.build_demonstrations(world, 48, max_exchanges=2, seed=5)
+    # a system message opens every third one: the mask must leave it out too
+    conversations = [[{"role": "system", "content": "Be brief."}, *c] if i % 3 == 0 else c
+                     for i, c in enumerate(conversations)]
     conversations = sft.validate_conversations(conversations, tokenizer, 64, drop_invalid=True, verbose=False)
     singles = sft.to_single_turn(conversations)
     with tempfile.TemporaryDirectory() as out:
@@ -364,7 +314,7 @@ def test_tiny_sft_changes_the_weights_lowers_the_loss_and_repeats(tiny_base_dir,
 def test_validation_loss_is_recorded_from_step_zero(tiny_base_dir, world):
     config = sft.SFTConfig(**{**TINY_SFT.__dict__, "epochs": 1, "n_eval": 8, "eval_every": 4})
     model, tokenizer = load_model(tiny_base_dir, device="cpu"), load_tokenizer(tiny_base_dir)
-    evals = sft.build_demonstrations(world, 8, "heldout", 1, 0.0, seed=1)
+    evals = sft.build_demonstrations(world, 8, "heldout", 1, seed=1)
     history = sft.train_sft(model, tokenizer, sft.demonstrations_for(world, config), config,
                             eval_examples=evals, progress=False)
     assert [h["step"] for h in history if "loss/eval" in h] == [0, 4, 8]

@@ -48,9 +48,14 @@ def _small_tokenizer() -> Any:
     return _SMALL_TOKENIZER[0]
 
 
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and polite.", "Answer the question.",
+                  "Tell the truth.")
+THANKS = ("Thanks!", "Thank you.")
+WELCOME = ("You're welcome.", "Glad to help.")
+
+
 def _draw_conversation(generator: torch.Generator, ends_with_assistant: bool = True) -> list[dict]:
     """A random conversation: maybe a system message, then 1 to 3 questions and true answers."""
-    from ..demonstrations import SYSTEM_PROMPTS, THANKS, WELCOME
     from ..world import World
 
     def pick(options):
