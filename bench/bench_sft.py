@@ -4,13 +4,12 @@ Prints, for the default ``SFTConfig`` on this machine (fixed seeds throughout):
 
 * the wall time of the whole SFT build (loading the base model, demonstrations, TRL's set-up,
   training, saving) and of the training steps alone;
-* on held-out questions (each asked 4 times at temperature 1, seed 0, as in lesson 1): the
-  answer, false-statement and rudeness rates and the format rate of the base model (in plain
-  text as in lesson 1, and through the chat template) and of the SFT model (chat template);
+* on the behaviour world's held-out tasks (each asked 4 times at temperature 1, seed 0, as in
+  lesson 1): the answer, false-statement and rudeness rates and the format rate of the base model
+  (in plain text as in lesson 1, and through the chat template) and of the SFT model (chat template);
 * single-turn versus multi-turn training: the SFT model against its single-turn twin (same
-  answers, epochs and number of steps, ``sft.matched_single_turn``) on 200 held-out multi-turn
-  conversations, split by whether the last question names the person or says "they", and on
-  the held-out questions asked alone.
+  replies, epochs and number of steps, ``sft.matched_single_turn``) on 200 held-out multi-turn
+  conversations and on the held-out tasks asked alone: answer rate, rubric score, format.
 
 Reads the ``base`` artifact (built first if missing, which takes minutes and is not timed).
 Run: ``python bench/bench_sft.py`` (about 3 minutes on 2 quiet CPU cores). Nothing else should run.
@@ -29,7 +28,7 @@ from rlhf_kit import sft
 from rlhf_kit.stages import ensure_stage
 from rlhf_kit.evaluate import evaluate_chat, fault_rates
 from rlhf_kit.models import load_model, load_tokenizer
-from rlhf_kit.world import World
+from rlhf_kit.behaviours import BehaviourWorld
 
 
 def rates(name: str, report, format_rate: float | None = None) -> str:
@@ -38,16 +37,13 @@ def rates(name: str, report, format_rate: float | None = None) -> str:
     return line + (f"  format {format_rate:.3f}" if format_rate is not None else "")
 
 
-def turn_rates(name: str, model, tokenizer, world: World, dialogues, says_they) -> str:
+def turn_rates(name: str, model, tokenizer, world: BehaviourWorld, dialogues) -> str:
     result = evaluate_chat(model, tokenizer, world, dialogues, name=name)
-    answers = [j.answers for _, _, j in result.report.samples]
-    named = sum(a for a, t in zip(answers, says_they) if not t) / says_they.count(False)
-    they = sum(a for a, t in zip(answers, says_they) if t) / says_they.count(True)
     alone = evaluate_chat(model, tokenizer, world, sft.single_questions(world.questions("heldout")),
                           samples_per_question=4, name=name)
-    return (f"  {name:<28} conversations {result.report.answer_rate:.3f} (by name {named:.3f}, "
-            f"\"they\" {they:.3f}), format {result.format_rate:.3f}; questions alone "
-            f"{alone.report.answer_rate:.3f}")
+    return (f"  {name:<28} conversations: answer {result.report.answer_rate:.3f}, rubric "
+            f"{result.report.rubric_score:.2f}, format {result.format_rate:.3f}; tasks alone: answer "
+            f"{alone.report.answer_rate:.3f}, rubric {alone.report.rubric_score:.2f}")
 
 
 def main() -> None:
@@ -56,7 +52,7 @@ def main() -> None:
     base_dir = ensure_stage("base")
     print("load average at start (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     config = sft.SFTConfig()
-    world = World(seed=0)
+    world = BehaviourWorld(seed=0)
     heldout = world.questions("heldout")
 
     with tempfile.TemporaryDirectory() as folder:
@@ -92,11 +88,10 @@ def main() -> None:
               f"{max(h['step'] for h in history)} steps, {time.perf_counter() - start:.1f} s")
 
         dialogues = sft.heldout_dialogues(world, n=200)
-        says_they = [sft.refers_back(messages[-1]["content"]) for messages, _ in dialogues]
-        print(f"Held-out multi-turn conversations: {len(dialogues)} ({says_they.count(True)} end with "
-              f"\"they\"), temperature 1, seed 0; questions alone: 4 samples each")
-        print(turn_rates("multi-turn SFT", sft_model, tokenizer, world, dialogues, says_they))
-        print(turn_rates("single-turn SFT", single_model, single_tokenizer, world, dialogues, says_they))
+        print(f"Held-out multi-turn conversations: {len(dialogues)}, temperature 1, seed 0; "
+              f"held-out tasks alone: 4 samples each")
+        print(turn_rates("multi-turn SFT", sft_model, tokenizer, world, dialogues))
+        print(turn_rates("single-turn SFT", single_model, single_tokenizer, world, dialogues))
     print("\nload average at end (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 

@@ -7,7 +7,10 @@
   6 and 7, and ``pairwise_accuracy`` is the share of pairs whose chosen side scores higher;
 * the evaluation on held-out pairs: ``evaluate_reward`` returns a ``RewardReport`` of the accuracy,
   the accuracy against the noise-free rubric and the best one the labeler's noise allows
-  (``noise_ceiling``), the score distributions and the calibration (``calibration_bins``).
+  (``noise_ceiling``), the score distributions and the calibration (``calibration_bins``);
+* what it learned, by kind of pair: ``accuracy_by_pair_kind`` splits each reply's rubric score into
+  its truth and behaviour points (``rubric_parts``) and measures the accuracy on pairs that differ
+  in behaviour only, in truth only, or in both (the same way, or opposite ways).
 
 ``reward.py`` imports what it uses from here (the lesson reaches all of it as ``reward.X``);
 nothing here imports ``reward``. Taught in ``course/04_reward_model.ipynb``.
@@ -22,6 +25,7 @@ from itertools import combinations
 
 import torch
 
+from .behaviours import CURT_OPENERS, BehaviourWorld, Task
 from .feedback import SimulatedLabeler
 from .pairs import as_pairs, encode
 from .sampling import context_length
@@ -196,3 +200,70 @@ def evaluate_reward(model, tokenizer, pairs, labeler: SimulatedLabeler | None = 
         ceiling = noise_ceiling(rows, labeler)
     return RewardReport(len(rows), pairwise_accuracy(chosen, rejected).item(), ideal, n_ideal,
                         ceiling, chosen.tolist(), rejected.tolist(), table, error)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. What it learned: accuracy by kind of pair
+# ----------------------------------------------------------------------------------------------
+
+PAIR_KINDS = ("behaviour only", "truth only", "both, the same way", "opposite ways")
+"""How two replies to one task differ by the rubric: in behaviour points only, in truth points
+only, or in both, where the reply with more behaviour points has more (or fewer) truth points."""
+
+
+def rubric_parts(world: BehaviourWorld, task: Task, reply: str) -> tuple[float, float]:
+    """A reply's rubric score in two parts that add up to it: (truth, behaviour).
+
+    Truth: +0.5 per asked fact stated and +2 more when it is true, −2 for any false statement.
+    Behaviour: the rest (polite or curt opener, rudeness, a fact nobody asked for, admitting,
+    declining, length): ``rubric_score`` with the truth terms left out.
+    """
+    judgement = world.judge(task, reply)
+    curt = reply.lstrip().startswith(CURT_OPENERS)
+    behaviour = world.rubric_score(task, {}, False, judgement.rude, curt, judgement.behaviours,
+                                   judgement.words)
+    return judgement.score - behaviour, behaviour
+
+
+def accuracy_by_pair_kind(model, tokenizer, world: BehaviourWorld, tasks: Sequence[Task],
+                          replies: Sequence[str]) -> list[dict]:
+    """The reward model's accuracy against the rubric, by kind of pair (``PAIR_KINDS``).
+
+    ``tasks`` and ``replies`` are parallel: every two replies to the same task whose rubric scores
+    differ make a pair. Each row: the kind, its number of pairs, the share the model orders as the
+    rubric does, and, where truth differs, the share where it scores the truer reply higher.
+    Behaviour-only pairs in which one judged behaviour alone differs are also counted by that
+    behaviour ("only polite", ...).
+    """
+    scores = score(model, tokenizer, [t.text for t in tasks], list(replies)).tolist()
+    parts = [rubric_parts(world, t, r) for t, r in zip(tasks, replies, strict=True)]
+    by_task: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task.text, []).append(i)
+    found: dict[str, list[tuple[bool, bool | None]]] = {k: [] for k in PAIR_KINDS}
+    for indices in by_task.values():
+        for a, b in combinations(indices, 2):
+            # rounded: the length penalty's tenths leave float dust that is not a difference
+            truth, behaviour = round(parts[a][0] - parts[b][0], 6), round(parts[a][1] - parts[b][1], 6)
+            if truth + behaviour == 0:
+                continue  # the rubric ties them: the pair says nothing
+            right = (truth + behaviour > 0) == (scores[a] > scores[b])
+            truer = None if truth == 0 else (truth > 0) == (scores[a] > scores[b])
+            if truth == 0:
+                kind = "behaviour only"
+                ja, jb = world.judge(tasks[a], replies[a]), world.judge(tasks[b], replies[b])
+                differ = [k for k in ja.behaviours if k != "true" and ja.behaviours[k] != jb.behaviours[k]]
+                if len(differ) == 1:
+                    found.setdefault(f"only {differ[0]}", []).append((right, None))
+            elif behaviour == 0:
+                kind = "truth only"
+            else:
+                kind = "both, the same way" if (truth > 0) == (behaviour > 0) else "opposite ways"
+            found[kind].append((right, truer))
+    rows = []
+    for kind, pairs in found.items():
+        truer = [t for _, t in pairs if t is not None]
+        rows.append({"pairs": kind, "count": len(pairs),
+                     "accuracy": sum(r for r, _ in pairs) / len(pairs) if pairs else float("nan"),
+                     "prefers the truer reply": sum(truer) / len(truer) if truer else float("nan")})
+    return rows

@@ -387,13 +387,15 @@ class ChatWidget(widgets.VBox):
         self.chat = chat
         self.message = ""
         names = list(chat.models)
-        self._picker = widgets.Dropdown(options=names, value=model or names[-1], description="Model")
+        LABEL = {"description_width": "initial"}  # a label as wide as its text: the default cuts "Temperature"
+        self._picker = widgets.Dropdown(options=names, value=model or names[-1], description="Model", style=LABEL)
         self._temperature = widgets.FloatSlider(value=chat.temperature, min=0.0, max=1.5, step=0.1,
-                                                description="Temperature", readout_format=".1f")
+                                                description="Temperature", readout_format=".1f",
+                                                style=LABEL)
         self._top_p = widgets.FloatSlider(value=chat.top_p, min=0.1, max=1.0, step=0.05,
-                                          description="Top-p", readout_format=".2f")
+                                          description="Top-p", readout_format=".2f", style=LABEL)
         self._length = widgets.IntSlider(value=chat.max_new_tokens, min=4, max=64, step=4,
-                                         description="Reply tokens")
+                                         description="Reply tokens", style=LABEL)
         self._history = widgets.HTML(layout={"width": "100%"})
         # continuous_update: the typed text reaches the kernel at each keystroke, so that Enter's
         # "submit" (sent before the text box's change event) finds the text already there.

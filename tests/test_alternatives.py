@@ -68,15 +68,15 @@ def pairs(tiny_sft_and_reward):
 def test_dpo_trains_on_exactly_the_reward_models_training_pairs(tiny_sft_and_reward, pairs):
     assert len(pairs[0]) >= 48  # enough for the runs below
     from rlhf_kit.artifacts import read_metadata
+    from rlhf_kit.behaviours import BehaviourWorld
     from rlhf_kit.reward import RewardConfig, as_pairs, simulated_rankings, split_by_prompt
-    from rlhf_kit.world import World
 
     sft_dir, reward_dir = tiny_sft_and_reward
     train, heldout = pairs
     meta = read_metadata(reward_dir)
     assert len(train) == meta["pairs"]["train"] and len(heldout) > 0
     config = RewardConfig(**meta["config"])
-    rankings = simulated_rankings(load_model(sft_dir), load_tokenizer(sft_dir), World(0), config)
+    rankings = simulated_rankings(load_model(sft_dir), load_tokenizer(sft_dir), BehaviourWorld(0), config)
     expected, _ = split_by_prompt(as_pairs(rankings), config.heldout_share, config.seed)
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in train] == \
         [(r["prompt"], r["chosen"], r["rejected"]) for r in expected]

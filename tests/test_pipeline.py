@@ -22,6 +22,8 @@ from rlhf_kit.ppo import PPOConfig
 from rlhf_kit.reward import RewardConfig
 from rlhf_kit.sft import SFTConfig
 from rlhf_kit.tokenizer import train_tokenizer
+from rlhf_kit.behaviours import BehaviourWorld
+from rlhf_kit.pipeline import TEMPERATURES
 from rlhf_kit.world import World
 
 torch.set_num_threads(1)
@@ -80,7 +82,11 @@ def test_every_stage_the_scoreboard_and_the_report(model_folder, tmp_path):
     rows = json.loads((out / "scoreboard.json").read_text())
     assert [r["model"] for r in rows] == ["base", "SFT", "best-of-4", "PPO", "DPO", "GRPO"]
     for row in rows:
-        assert row["samples"] == len(World(0).questions("heldout"))
+        assert row["samples"] == len(BehaviourWorld(0).questions("heldout"))
+        assert row["temperature"] in TEMPERATURES  # each model at its best temperature
+        if row["model"] != "best-of-4":  # best-of-4 is sampled at SFT's best temperature
+            assert row["rubric score"] == pytest.approx(max(row["by temperature"].values()))
+        assert set(row) >= {"polite", "concise", "admits", "declines", "true"}  # the behaviour shares
         for key in ("answer rate", "false-statement rate", "rudeness rate"):
             low, high = row["intervals"][key]
             assert 0 <= low <= row[key] <= high <= 1

@@ -347,12 +347,15 @@ def test_final_norm_finds_the_last_norm_of_other_model_families():
 
 def test_the_optimiser_gives_the_policys_trained_weights_lr_and_the_value_model_value_lr(tokenizer):
     policy, value_model = tiny_gpt(tokenizer), tiny_value_model(tiny_gpt(tokenizer))
-    config = PPOConfig()  # the defaults: final-norm at 3e-3, the value model at 1e-4
+    config = PPOConfig()  # the defaults: every weight at 1e-5, the value model at 1e-4
     optimizer = ppo_optimizer(policy, value_model, config, torch.device("cpu"))
     policy_group, value_group = optimizer.param_groups
-    assert policy_group["params"] == [policy.transformer.ln_f.weight] and policy_group["lr"] == config.lr == 3e-3
+    assert policy_group["params"] == list(policy.parameters()) and policy_group["lr"] == config.lr == 1e-5
     assert len(value_group["params"]) == len(list(value_model.parameters()))
     assert value_group["lr"] == config.value_lr == 1e-4
+    norm = PPOConfig(train="final-norm", lr=3e-3)  # the option: only the final norm's gains
+    policy_group = ppo_optimizer(policy, value_model, norm, torch.device("cpu")).param_groups[0]
+    assert policy_group["params"] == [policy.transformer.ln_f.weight] and policy_group["lr"] == 3e-3
 
 
 def test_an_unknown_train_setting_is_refused_before_any_work(tokenizer, prompts):

@@ -24,8 +24,9 @@ from rlhf_kit.checks import (
     check_pairwise_accuracy,
     check_ranking_loss,
 )
-from rlhf_kit.behaviours import BehaviourWorld
+from rlhf_kit.behaviours import BehaviourWorld, writer_items
 from rlhf_kit.feedback import (
+    DEFAULT_NOISE,
     TARGET_AGREEMENT,
     Item,
     Ranking,
@@ -425,7 +426,7 @@ def test_evaluate_reward_reports_accuracy_rubric_scores_and_calibration(tiny_bas
     _, heldout = reward.split_by_prompt(rankings, 0.25, seed=0)
     heldout = reward.audit_pairs(heldout, tokenizer, 64, verbose=False).kept
     model = fresh_model(tiny_base_dir)
-    report = reward.evaluate_reward(model, tokenizer, heldout, SimulatedLabeler(World(seed=0)))
+    report = reward.evaluate_reward(model, tokenizer, heldout, SimulatedLabeler(BehaviourWorld(seed=0)))
     assert report.n_pairs == len(heldout) == len(report.chosen_scores) == len(report.rejected_scores)
     assert 0 <= report.accuracy <= 1 and 0 <= report.ideal_accuracy <= 1
     assert 0 < report.n_ideal_pairs <= report.n_pairs
@@ -475,15 +476,17 @@ def test_simulated_rankings_are_the_labelers_rankings(tiny_base_dir, tokenizer):
 
 
 def test_the_labeler_is_calibrated_to_people_s_agreement_unless_told_its_noise(tiny_base_dir, tokenizer):
-    policy = load_model(tiny_base_dir, device="cpu")
     world = BehaviourWorld(seed=0)
     config = reward.RewardConfig(k=3, n_rankings=48, max_new_tokens=8)
-    rankings, labeler = reward.sample_and_rank(policy, tokenizer, world, config)
-    items = [Item(r.prompt, r.completions, r.model) for r in rankings]
+    items = writer_items(world, k=4)[:200]  # replies the rubric tells apart, as an SFT model's are
+    labeler = reward.labeler_for(world, config, items)
     assert labeler.noise == pytest.approx(calibrate_noise(world, items)) and labeler.noise > 0
     assert expected_agreement(score_gaps(world, items), labeler.noise) == pytest.approx(TARGET_AGREEMENT, abs=1e-3)
-    fixed = reward.sample_and_rank(policy, tokenizer, world, dataclasses.replace(config, noise=0.5))[1]
-    assert fixed.noise == 0.5
+    assert reward.labeler_for(world, dataclasses.replace(config, noise=0.5), items).noise == 0.5
+    # replies the rubric cannot tell apart (an untrained model's noise) cannot be calibrated on
+    policy = load_model(tiny_base_dir, device="cpu")
+    rankings, untrained = reward.sample_and_rank(policy, tokenizer, world, config)
+    assert untrained.noise == DEFAULT_NOISE and len(rankings) == 48
 
 
 def test_build_reward_saves_a_reward_model_that_loads(tiny_base_dir, tokenizer, tmp_path):

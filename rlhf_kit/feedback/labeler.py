@@ -274,26 +274,41 @@ EXAMPLE_RANKINGS = Path(__file__).parent.parent / "data" / "example_rankings.jso
 EXAMPLE_TIMESTAMP = "2025-01-01T00:00:00.000+00:00"  # fixed, so the file is reproducible byte for byte
 
 
-def make_example_rankings(world: World | None = None) -> list[Ranking]:
+def make_example_rankings(world=None) -> list[Ranking]:
     """The rankings of the shipped example file: how ``example_rankings.jsonl`` was made.
 
-    World(seed=0), the 48 questions of the feedback split, two sets of four template completions
-    each, ranked by ``SimulatedLabeler(world, seed=0)`` at the default noise. Regenerate with
-    ``write_jsonl(make_example_rankings(), EXAMPLE_RANKINGS)``.
+    ``BehaviourWorld(seed=0)``: 48 training tasks (24 fact questions, 12 about unknown people, 12
+    requests to insult), two sets of four different replies by the simulated writers for each,
+    ranked by ``SimulatedLabeler(world, noise=behaviours.LABELER_NOISE, seed=0)`` (73 % agreement
+    on writers' replies). Regenerate with ``write_jsonl(make_example_rankings(), EXAMPLE_RANKINGS)``.
     """
-    world = world or World(seed=0)
-    labeler = SimulatedLabeler(world, seed=0)
+    from ..behaviours import LABELER_NOISE, WRITERS, BehaviourWorld, write_reply
+
+    world = world or BehaviourWorld(seed=0)
+    rng = random.Random("example-rankings")
+    tasks = []
+    for kind, n in (("fact", 24), ("unknown", 12), ("insult", 12)):
+        tasks += rng.sample([t for t in world.questions("train") if t.kind == kind], n)
+    labeler = SimulatedLabeler(world, noise=LABELER_NOISE, seed=0)
     records = []
-    for item in template_items(world, "feedback", k=4, sets_per_question=2):
-        key = item.key(labeler.name)
-        ranking, ties = labeler.rank(item.prompt, item.completions, key)
-        records.append(Ranking(item.prompt, item.completions, ranking, ties,
-                               shown_order=shuffled_order(key, 4), model=item.model,
-                               labeler=labeler.name, labeler_kind="simulated",
-                               created_at=EXAMPLE_TIMESTAMP))
+    for _ in range(2):
+        for task in tasks:
+            replies: list[str] = []
+            while len(replies) < 4:
+                reply = write_reply(world, task, rng.choice(WRITERS), rng)
+                if reply not in replies:
+                    replies.append(reply)
+            item = Item(task.text, tuple(replies), "writers")
+            key = item.key(labeler.name)
+            ranking, ties = labeler.rank(item.prompt, item.completions, key)
+            records.append(Ranking(item.prompt, item.completions, ranking, ties,
+                                   shown_order=shuffled_order(key, 4), model=item.model,
+                                   labeler=labeler.name, labeler_kind="simulated",
+                                   created_at=EXAMPLE_TIMESTAMP))
     return records
 
 
 def load_example_rankings() -> list[Ranking]:
-    """The shipped example rankings (96 rankings of 4, from the simulated labeler)."""
+    """The shipped example rankings (96 rankings of 4 writers' replies to 48 training tasks, from the
+    simulated labeler)."""
     return read_jsonl(EXAMPLE_RANKINGS)
