@@ -28,7 +28,6 @@ from rlhf_kit.behaviours import BehaviourWorld, writer_items
 from rlhf_kit.feedback import (
     DEFAULT_NOISE,
     TARGET_AGREEMENT,
-    Item,
     Ranking,
     RankingStore,
     SimulatedLabeler,
