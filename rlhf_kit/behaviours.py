@@ -323,7 +323,7 @@ def writer_items(world: BehaviourWorld, split: str = "train", k: int = 4, sets_p
                  seed: int = 0):
     """Ranking items of ``k`` different writer replies to each task of ``split`` (model "writers"):
     what the labeler's noise is calibrated on (``LABELER_NOISE``)."""
-    from .feedback import Item
+    from .feedback.records import Item
 
     rng = random.Random(f"writer-items/{seed}")
     items = []
