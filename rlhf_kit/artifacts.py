@@ -3,9 +3,9 @@
 Each stage of the course writes one folder under ``artifacts_home()`` (``~/.cache/rlhf-kit``,
 or ``$RLHF_KIT_HOME``)::
 
-    embedded-v4/base/   the pretrained GPT and its tokenizer (lesson 1)
-    embedded-v4/sft/    the fine-tuned assistant (lesson 2), and so on
-    embedded-v4/big-base/  a base model four times bigger, on the same corpus (lesson 7)
+    embedded-v5/base/   the pretrained GPT and its tokenizer (lesson 1)
+    embedded-v5/sft/    the fine-tuned assistant (lesson 2), and so on
+    embedded-v5/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
 The two pretrained stages, ``base`` and ``big-base``, are installed from the weights the package
 ships (``SHIPPED``, made by the same recipe), so a learner's first reply comes in seconds. Which
@@ -33,7 +33,7 @@ from filelock import FileLock
 
 from .runtime import artifacts_home, versions
 
-FORMAT = "embedded-v4"
+FORMAT = "embedded-v5"
 """Bumped when the embedded world or model changes, so old caches are not reused by mistake."""
 
 METADATA = "rlhf_kit.json"
