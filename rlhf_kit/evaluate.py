@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .behaviours import BEHAVIOURS, Task
 from .sampling import Generation, context_length, generate
 from .tokenizer import chat_prompt, end_of_turn_id
-from .behaviours import BEHAVIOURS, Task
 from .world import Judgement, Question, World
 
 PLAIN, CHAT = "plain", "chat"
@@ -141,10 +141,16 @@ def fault_rates(model, tokenizer, world: World, questions: list[Question], sampl
                 max_new_tokens: int = 24, seed: int = 0) -> Report:
     """Sample replies from ``model`` to every question and judge them (the scoreboard's numbers)."""
     asked = [q for q in questions for _ in range(samples_per_question)]
-    prompts = [format_prompt(q, tokenizer, style) for q in asked]
-    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=top_p, seed=seed)
-    return judge_replies(world, asked, [first_line(c) for c in out.completions], name)
+    replies = ask(model, tokenizer, asked, style, temperature, max_new_tokens, seed, top_p)
+    return judge_replies(world, asked, replies, name)
+
+
+def ask(model, tokenizer, questions, style: str = PLAIN, temperature: float = 1.0, max_new_tokens: int = 24,
+        seed: int = 0, top_p: float = 1.0) -> list[str]:
+    """One reply (the completion's first line) to each question, sampled at ``temperature``."""
+    out = generate(model, tokenizer, [format_prompt(q, tokenizer, style) for q in questions],
+                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    return [first_line(c) for c in out.completions]
 
 
 # ----------------------------------------------------------------------------------------------

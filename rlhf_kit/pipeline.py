@@ -38,12 +38,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .artifacts import build_folder, is_ready, read_metadata, stage_dir
-from .evaluate import CHAT, PLAIN, Report, first_line, format_prompt, judge_replies, mean_interval
+from .behaviours import BehaviourWorld
+from .evaluate import CHAT, PLAIN, Report, ask, fault_rates, judge_replies, mean_interval
 from .models import EMBEDDED, load_model, load_tokenizer
 from .reward_eval import score
-from .sampling import generate
 from .stages import RECIPE, build_stage, ensure_stage
-from .behaviours import BehaviourWorld
 
 @dataclass
 class StageRun:
@@ -101,13 +100,6 @@ TEMPERATURES = (0.1, 0.3, 0.5, 0.7, 1.0)
 """The sampling temperatures the scoreboard tries for every model: each is scored at its best."""
 
 
-def ask(model, tokenizer, questions, style: str, temperature: float, max_new_tokens: int, seed: int) -> list[str]:
-    """One reply (the completion's first line) to each question, sampled at ``temperature``."""
-    out = generate(model, tokenizer, [format_prompt(q, tokenizer, style) for q in questions],
-                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return [first_line(c) for c in out.completions]
-
-
 def at_best_temperature(model, tokenizer, world, questions, style: str, name: str,
                         temperatures=TEMPERATURES, max_new_tokens: int = 32,
                         seed: int = 0) -> tuple[Report, float, dict[float, float]]:
@@ -118,8 +110,8 @@ def at_best_temperature(model, tokenizer, world, questions, style: str, name: st
     rarely writes, but it does remove the garbling that sampling at temperature 1 adds. Scoring
     every model at its own best temperature compares what each model learned, not how it is sampled.
     """
-    reports = {t: judge_replies(world, questions, ask(model, tokenizer, questions, style, t, max_new_tokens, seed),
-                                name) for t in temperatures}
+    reports = {t: fault_rates(model, tokenizer, world, questions, style=style, name=name, temperature=t,
+                              max_new_tokens=max_new_tokens, seed=seed) for t in temperatures}
     best = max(temperatures, key=lambda t: reports[t].rubric_score)
     return reports[best], best, {t: r.rubric_score for t, r in reports.items()}
 
