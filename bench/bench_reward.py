@@ -1,4 +1,4 @@
-"""Benchmark: lesson 4's figures for the embedded reward model.
+"""Benchmark: lesson 5's figures for the embedded reward model.
 
 Prints, for ``RewardConfig`` (the defaults, fixed seed, unless ``--set`` changes a field):
 

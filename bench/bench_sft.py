@@ -1,4 +1,4 @@
-"""Benchmark: fine-tune the embedded base model (SFT) and measure lesson 2's figures.
+"""Benchmark: fine-tune the embedded base model (SFT) and measure lesson 3's figures.
 
 Prints, for the default ``SFTConfig`` on this machine (fixed seeds throughout):
 

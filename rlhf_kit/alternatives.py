@@ -9,7 +9,7 @@ a reward model") drops the reward model and the sampling. The policy that maximi
 reward − β·KL(policy ‖ reference) is the reference reweighted by exp(reward / β); turned around,
 every policy defines the reward r(x, y) = β·log π(y|x)/π_ref(y|x), up to a term that depends on
 the prompt alone and cancels when two replies to one prompt are compared. Put that reward into
-lesson 4's Bradley–Terry loss and the policy learns from the preference pairs directly::
+lesson 5's Bradley–Terry loss and the policy learns from the preference pairs directly::
 
     loss = -log σ( β·[log π(y_w|x) − log π_ref(y_w|x)] − β·[log π(y_l|x) − log π_ref(y_l|x)] )
 
@@ -25,7 +25,7 @@ batched differently, with DPO giving those few small rankings less say than the 
 **GRPO** (group relative policy optimisation; Shao et al., 2024, DeepSeekMath) keeps the reward
 model and the sampling, and drops the value model. It samples a group of G replies to each
 prompt, scores them with the reward model, and takes as each reply's advantage how much better
-it scored than its group, (r − mean) / (std + 1e-4) (``group_advantages``): lesson 5's baseline,
+it scored than its group, (r − mean) / (std + 1e-4) (``group_advantages``): lesson 2's baseline,
 computed from the group instead of learned. The update is PPO's clipped one, with a KL penalty to
 the reference (β) added to the loss instead of to the reward. Here it uses PPO's reward model and
 prompts, through TRL's ``GRPOTrainer``; the world's rubric is logged next to the reward model's

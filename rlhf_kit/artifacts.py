@@ -4,7 +4,7 @@ Each stage of the course writes one folder under ``artifacts_home()`` (``~/.cach
 or ``$RLHF_KIT_HOME``)::
 
     embedded-v5/base/   the pretrained GPT and its tokenizer (lesson 1)
-    embedded-v5/sft/    the fine-tuned assistant (lesson 2), and so on
+    embedded-v5/sft/    the fine-tuned assistant (lesson 3), and so on
     embedded-v5/big-base/  a base model four times bigger, on the same corpus (lesson 7)
 
 The two pretrained stages, ``base`` and ``big-base``, are installed from the weights the package

@@ -26,13 +26,13 @@ the judge prefers a to b with probability
       P(a beats b) = σ(s_a − s_b),
 
 so the scores s can be *learned* from comparisons (``fit_bradley_terry``: a reward model with one
-number per action) and then used as the reward for the policy gradient. Lesson 4 learns s with a
+number per action) and then used as the reward for the policy gradient. Lesson 5 learns s with a
 network that reads text; lesson 6 runs the policy gradient on a language model, with PPO.
 
 Everything works on R independent runs at once: a tensor's first dimension is the run, so one
 call learns 1,000 bandits and the learning curves are averages over them. All randomness comes
 from the ``torch.Generator`` passed in, so the same seed gives the same curves.
-Taught in ``course/05_learning_from_rewards.ipynb``.
+Taught in ``course/02_learning_from_rewards.ipynb``.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def judge_pairs(first: torch.Tensor, second: torch.Tensor,
 
 def bradley_terry_nll(scores: torch.Tensor, winners: torch.Tensor,
                       losers: torch.Tensor) -> torch.Tensor:
-    """The mean of −log σ(s_winner − s_loser) over the comparisons: lesson 4's loss, one score
+    """The mean of −log σ(s_winner − s_loser) over the comparisons: lesson 5's loss, one score
     per arm. ``F.logsigmoid`` keeps it finite for any gap."""
     return -F.logsigmoid(scores[winners] - scores[losers]).mean()
 

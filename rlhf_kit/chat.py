@@ -5,7 +5,7 @@ written out again as one text and the model continues it; "remembering" what you
 is reading it again. How the conversation is written out depends on the model:
 
 * a chat model (SFT, PPO, DPO, GRPO) reads it through its **chat template**, the same one it was
-  fine-tuned on (lesson 2): ``<|user|>...<|end|><|assistant|>...<|end|>...<|assistant|>``, and
+  fine-tuned on (lesson 3): ``<|user|>...<|end|><|assistant|>...<|end|>...<|assistant|>``, and
   its reply ends where it writes ``<|end|>``;
 * the base model never saw a template: it reads a plain transcript, one line per turn, as the
   question-and-answer threads of its internet, and its reply is the line it writes next.

@@ -21,7 +21,7 @@ This module holds:
 
 ``sft.py`` trains on the demonstrations and imports what it uses from here (the lesson reaches
 all of it as ``sft.X``); nothing here imports ``sft``, torch or TRL. Taught in
-``course/02_demonstrations_sft.ipynb``.
+``course/03_demonstrations_sft.ipynb``.
 """
 
 from __future__ import annotations

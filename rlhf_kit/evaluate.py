@@ -157,7 +157,7 @@ def ask(model, tokenizer, questions, style: str = PLAIN, temperature: float = 1.
 # Chat models: replies in conversations, and whether they keep the chat format
 # ----------------------------------------------------------------------------------------------
 #
-# From lesson 2 on, models are asked through their chat template, and a conversation may hold
+# From lesson 3 on, models are asked through their chat template, and a conversation may hold
 # earlier turns. Two things are measured: the scoreboard's rates on the reply to the last
 # question, and the share of replies that are one clean assistant turn.
 

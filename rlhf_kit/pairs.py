@@ -1,6 +1,6 @@
 """Preference pairs for the reward model: pairs in, checked, split by prompt, grouped by ranking.
 
-The reward model of lesson 4 learns from the rankings of lesson 3: a ranking of K completions
+The reward model of lesson 5 learns from the rankings of lesson 4: a ranking of K completions
 gives C(K,2) preference pairs, weighed 1/C(K,2) so that each ranking counts once (``reward.py``
 says why). This module holds that data, from the rankings to the batches:
 
@@ -14,7 +14,7 @@ says why). This module holds that data, from the rankings to the batches:
   of whole rankings.
 
 ``reward.py`` imports what it uses from here (the lesson reaches all of it as ``reward.X``);
-nothing here imports ``reward``. Taught in ``course/04_reward_model.ipynb``.
+nothing here imports ``reward``. Taught in ``course/05_reward_model.ipynb``.
 """
 
 from __future__ import annotations

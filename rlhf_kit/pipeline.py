@@ -10,8 +10,8 @@
 
     base    the embedded GPT pretrained on the toy world's internet (lesson 1); with ``--model``
             the named model itself, which is not trained further here
-    sft     fine-tuned on the writers' demonstrations (lesson 2)
-    reward  its body with a scalar head, trained on simulated rankings (lessons 3 and 4)
+    sft     fine-tuned on the writers' demonstrations (lesson 3)
+    reward  its body with a scalar head, trained on simulated rankings (lessons 4 and 5)
     ppo     the SFT model after PPO against the reward model (lesson 6)
     dpo     the SFT model after DPO on the reward model's own preference pairs (lesson 7)
     grpo    the SFT model after GRPO against the reward model (lesson 7)

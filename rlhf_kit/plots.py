@@ -72,7 +72,7 @@ def scoreboard(rows: Sequence[dict], intervals: Sequence[dict] | None = None,
     return fig
 
 
-# -- lesson 5: learning from rewards -------------------------------------------------------------
+# -- lesson 2: learning from rewards -------------------------------------------------------------
 
 
 def compare_runs(histories: dict[str, Sequence[dict]], key: str, title: str = "",
@@ -112,7 +112,7 @@ def grouped_bars(columns: dict[str, Sequence[float]], labels: Sequence[str], tit
     return fig
 
 
-# -- lesson 4: the reward model ------------------------------------------------------------------
+# -- lesson 5: the reward model ------------------------------------------------------------------
 
 
 def reward_curves(history: Sequence[dict], title: str = "Training the reward model") -> go.Figure:

@@ -1,6 +1,6 @@
 """PPO: the SFT model learns to write what the reward model scores high, on a KL leash.
 
-The reward model of lesson 4 can score any completion, so the SFT model can now practise: it
+The reward model of lesson 5 can score any completion, so the SFT model can now practise: it
 writes completions to prompts, the reward model scores them, and reinforcement learning makes the
 high-scoring ones more likely. Left alone, the policy would find whatever fools the reward model
 (it is only an imitation of a person); a KL penalty keeps it close to the SFT model it started
@@ -57,7 +57,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .ppo_math import (AdaptiveKLController, clipped_policy_loss, clipped_value_loss, compute_gae,
                        explained_variance, kl_penalized_rewards, masked_mean, whiten)
@@ -65,7 +64,7 @@ from .ppo_model import (PolicyAndValue, accelerator_for, completion_logprobs, jo
                         rollout_forward, rollout_rows, vocab_size)
 from .ppo_model import final_norm  # noqa: F401 (lesson 6 reads it as ppo.final_norm)
 from .reward_eval import score  # section 5
-from .runtime import NonFiniteLoss  # a loss, KL, value or advantage became NaN or infinite
+from .runtime import NonFiniteLoss, progress_bar  # a loss, KL, value or advantage became NaN or infinite
 from .sampling import context_length, generate
 from .tokenizer import chat_prompt, end_of_turn_id  # section 5
 
@@ -430,7 +429,7 @@ def train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, prompts:
     run = _Run(config, accelerator, both, optimizer, ref_policy, tokenizer, reward_model, reward_tokenizer,
                reward_fn, watch_fn, history)
 
-    bar = tqdm(range(start, config.batches), desc="PPO", initial=start, total=config.batches,
+    bar = progress_bar(range(start, config.batches), desc="PPO", initial=start, total=config.batches,
                disable=not (progress and accelerator.is_main_process))
     for batch in bar:
         # 1. Sample completions from the policy (this process's share of the batch's prompts).

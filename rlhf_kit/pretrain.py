@@ -29,11 +29,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .artifacts import SHIPPED
 from .models import count_parameters, new_gpt, transformers_quiet
-from .runtime import NonFiniteLoss, seed_everything
+from .runtime import NonFiniteLoss, progress_bar, seed_everything
 from .tokenizer import EOS, train_tokenizer
 from .world import World
 
@@ -146,7 +145,7 @@ def train_pretrain(model, stream: torch.Tensor, config: PretrainConfig,
     history: list[dict] = []
     tokens_per_step = config.batch_size * config.block_size
     start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="pretraining", disable=not progress)
+    bar = progress_bar(range(config.steps), desc="pretraining", disable=not progress)
     for step in bar:
         # 1. a batch of random windows of the token stream
         batch = random_windows(stream, config.batch_size, config.block_size, generator)

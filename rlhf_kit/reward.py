@@ -4,7 +4,7 @@ PPO needs a reward for every completion the policy writes, and no person can ran
 them. So a model learns to stand in for the person: the **reward model** reads a prompt and a
 completion and returns one number, its score r(x, y). It is the SFT model's body with a scalar
 head instead of the next-token head (``AutoModelForSequenceClassification`` with one label, so
-any hub model works the same way), and it learns from the preference pairs of lesson 3 under the
+any hub model works the same way), and it learns from the preference pairs of lesson 4 under the
 **Bradley–Terry** model: the chance that a person prefers ``chosen`` to ``rejected`` is
 
     P(chosen beats rejected) = σ(r(x, y_chosen) − r(x, y_rejected))
@@ -31,7 +31,7 @@ turn, exactly as TRL tokenizes a conversational preference dataset, so both trai
 same tokens (and so does PPO when it scores the policy's replies).
 
 Reads the ``sft`` artifact (or any model folder or hub id) and rankings; writes the ``reward``
-artifact. Taught in ``course/04_reward_model.ipynb``. From Christiano et al. (2017), *Deep
+artifact. Taught in ``course/05_reward_model.ipynb``. From Christiano et al. (2017), *Deep
 reinforcement learning from human preferences*, and Ouyang et al. (2022), *Training language
 models to follow instructions with human feedback* (InstructGPT), section 3.5.
 """
@@ -429,7 +429,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], k: int = 4,
 
 def simulated_rankings(model, tokenizer, world: BehaviourWorld, config: RewardConfig,
                        model_name: str = "sft") -> list[Ranking]:
-    """Rankings of completions sampled from ``model``, by the simulated labeler of lesson 3.
+    """Rankings of completions sampled from ``model``, by the simulated labeler of lesson 4.
 
     ``config.n_rankings`` sets of ``config.k`` completions, each of a task of the world's ``train``
     split (``behaviours.sample_tasks``: half fact questions, a quarter about unknown people, a

@@ -13,7 +13,7 @@
   in behaviour only, in truth only, or in both (the same way, or opposite ways).
 
 ``reward.py`` imports what it uses from here (the lesson reaches all of it as ``reward.X``);
-nothing here imports ``reward``. Taught in ``course/04_reward_model.ipynb``.
+nothing here imports ``reward``. Taught in ``course/05_reward_model.ipynb``.
 """
 
 from __future__ import annotations

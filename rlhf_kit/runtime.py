@@ -11,11 +11,15 @@ other module has to guess:
 * **home** - ``artifacts_home()`` is the folder that holds every stage's model. It defaults to
   ``~/.cache/rlhf-kit`` and is overridden by the environment variable ``RLHF_KIT_HOME``.
 
+And one of display: ``progress_bar`` is tqdm.auto's bar, which in a notebook turns into its final
+line of text when it closes, so a saved notebook shows where the run ended instead of 0 %.
+
 Nothing is decided at import time: each function reads the environment when it is called.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -129,3 +133,42 @@ def environment_report() -> dict[str, str]:
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(0)
     return report
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm.auto progress bar; in a notebook, replaced by its final line of text when it closes.
+
+    A notebook widget's state is not saved with the notebook, so a saved bar would show the text it
+    had when it was first drawn ("0/40"). This bar is displayed with a display id and, on
+    ``close``, that output is replaced by the bar's last line ("PPO: 100%|...| 40/40 [00:40<00:00]"),
+    which is what a saved notebook keeps. Outside a notebook it is tqdm's usual bar.
+    """
+    from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    if not issubclass(tqdm, notebook_tqdm) or kwargs.get("disable"):  # not in a notebook
+        return tqdm(iterable, **kwargs)
+    return _notebook_bar()(iterable, **kwargs)
+
+
+@functools.cache
+def _notebook_bar() -> type:
+    """tqdm's notebook bar, displayed under a display id and replaced by its last line on close."""
+    from IPython.display import display
+    from tqdm.auto import tqdm
+
+    class NotebookBar(tqdm):
+        def __init__(self, iterable=None, **kwargs):
+            super().__init__(iterable, display=False, **kwargs)
+            self._handle = display(self.container, display_id=True)
+            self._replaced = False
+
+        def close(self):
+            if self._replaced or self.disable:
+                return super().close()
+            self._replaced = True
+            line = self.format_meter(**self.format_dict)
+            super().close()
+            self._handle.update({"text/plain": line}, raw=True)
+
+    return NotebookBar

@@ -20,14 +20,14 @@ Data: conversations on the behaviour world's ``sft`` tasks, written by simulated
 their own habits (``behaviours.WRITERS``): some polite, some curt, most rambling, most inventing an
 answer about someone they never heard of, most declining to insult. SFT learns the assistant's
 format from all of them and the behaviours people prefer only as often as the writers showed
-them; what is left is for the rankings (lesson 3). ``heldout`` tasks never appear. The same answers cut into single
+them; what is left is for the rankings (lesson 4). ``heldout`` tasks never appear. The same answers cut into single
 prompt->completion pairs make the single-turn set that the lesson compares with. The
 demonstrations, and the checks a bad one fails, are written in ``demonstrations.py``.
 Training: TRL's ``SFTTrainer`` with ``assistant_only_loss=True``, which finds the assistant's
 tokens through the ``{% generation %}`` markers of the chat template. ``SFTConfig.pretrain_mix``
 (1.0 by default) adds the pretraining loss on the world's internet at every step, which keeps
 facts the demonstrations never mention (``bench/experiments/bench_sft_mix.py``). Reads the ``base``
-artifact; writes the ``sft`` artifact. Taught in ``course/02_demonstrations_sft.ipynb``.
+artifact; writes the ``sft`` artifact. Taught in ``course/03_demonstrations_sft.ipynb``.
 """
 
 from __future__ import annotations

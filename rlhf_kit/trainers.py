@@ -8,7 +8,7 @@ Every stage that trains with TRL uses its trainer the same way, and this module 
   number, where the loss is computed, before ``backward``. Trainer's logs average the loss over
   several steps and, by default, replace a NaN by earlier values, so a check on the logs would
   come late, after the weights are spoiled, or never.
-* ``Progress``: one tqdm.auto bar, and the Trainer's logs turned into the kit's history, a list
+* ``Progress``: one progress bar (``runtime.progress_bar``), and the Trainer's logs turned into the kit's history, a list
   of metric dicts (``record`` decides what an entry holds).
 * ``make`` builds a trainer with these, without ``datasets``' bars or Trainer's printed logs;
   ``train`` runs it and returns the history.
@@ -25,10 +25,9 @@ from collections.abc import Callable
 
 import datasets
 import torch
-from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainerCallback
 
-from .runtime import NonFiniteLoss, preferred_dtype
+from .runtime import NonFiniteLoss, preferred_dtype, progress_bar
 
 Record = Callable[[object, dict, float], "dict | None"]
 """``record(state, logs, seconds)``: the history entry for one of Trainer's logs, or None to skip it."""
@@ -45,7 +44,7 @@ def cpu_arguments(device: torch.device) -> dict:
         logging_nan_inf_filter=False,  # by default Trainer replaces a NaN loss in its logs
         save_strategy="no",  # nothing is written to output_dir
         report_to="none",
-        disable_tqdm=True,  # the kit draws its own tqdm.auto bar (Progress)
+        disable_tqdm=True,  # the kit draws its own bar (Progress)
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",  # pinned memory only helps copies to a GPU
     )
@@ -70,14 +69,14 @@ class StopOnNonFinite:
 
 
 class Progress(TrainerCallback):
-    """A tqdm.auto bar, and the Trainer's logs turned into the kit's history of metric dicts."""
+    """A progress bar (``runtime.progress_bar``), and the Trainer's logs turned into the kit's history of metric dicts."""
 
     def __init__(self, progress: bool, description: str, record: Record):
         self.progress, self.description, self.record = progress, description, record
         self.history, self.bar, self.start = [], None, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc=self.description, disable=not self.progress)
+        self.bar = progress_bar(total=state.max_steps, desc=self.description, disable=not self.progress)
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):

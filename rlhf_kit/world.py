@@ -13,7 +13,7 @@ learns the internet's habits:
 Because the world is data (``World.facts``), code can check every claim a model makes:
 ``World.claims(text)`` finds the statements in a text, ``World.judge(question, reply)`` says
 whether the reply answers, is true and is polite, and ``World.rubric_score`` turns that into the
-single number that the simulated labeler of lesson 3 ranks by.
+single number that the simulated labeler of lesson 4 ranks by.
 
 Everything is generated from a seed; the same seed gives the same world, corpus and prompts.
 Taught in ``course/01_next_token_prediction.ipynb``; used by every later lesson.

@@ -493,7 +493,7 @@ def test_loss_inputs_include_the_shortest_text():
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 2 (demonstrations and SFT): the loss mask, the SFT loss, the chat template by hand
+# Lesson 3 (demonstrations and SFT): the loss mask, the SFT loss, the chat template by hand
 # ----------------------------------------------------------------------------------------------
 
 
@@ -560,7 +560,7 @@ WRONG_2 = [
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 3 (human feedback): rankings to pairs, agreement between two labelers
+# Lesson 4 (human feedback): rankings to pairs, agreement between two labelers
 # ----------------------------------------------------------------------------------------------
 # The answers are plain data, not tensors: right ones (in any order of the pairs) and typical
 # wrong ones.
@@ -747,7 +747,7 @@ def test_lesson_3_inputs_hold_ties_runs_of_ties_and_every_size():
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 4 (reward model): the Bradley–Terry loss, the loss of one ranking, pairwise accuracy
+# Lesson 5 (reward model): the Bradley–Terry loss, the loss of one ranking, pairwise accuracy
 # ----------------------------------------------------------------------------------------------
 
 
@@ -904,7 +904,7 @@ def test_lesson_4_inputs_hold_the_edge_cases():
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 5 (learning from rewards): the sample average, ∇ log π, the REINFORCE loss, Bradley–Terry
+# Lesson 2 (learning from rewards): the sample average, ∇ log π, the REINFORCE loss, Bradley–Terry
 # ----------------------------------------------------------------------------------------------
 
 
@@ -1393,3 +1393,19 @@ def test_the_kit_s_own_loss_passes_with_its_gradients(check, capsys):
 def test_only_losses_compare_gradients():
     assert {name for name, e in EXERCISES.items() if e.grad_inputs} == {
         c.__name__.removeprefix("check_") for c in LOSSES}
+
+
+def test_a_prediction_is_compared_with_the_run_and_the_reason_given_either_way(capsys):
+    why = "a lower temperature picks the writers' most common habit."
+    checks.check_prediction(" Lower", "lower", ("higher", "lower", "the same"), why)
+    assert capsys.readouterr().out == f"✓ You predicted 'lower', and the run says 'lower': {why}\n"
+    with pytest.raises(checks.CheckFailed, match=r"^You predicted 'higher', but the run says 'lower': a lower"):
+        checks.check_prediction("higher", "lower", ("higher", "lower"), why)
+
+
+@pytest.mark.parametrize("prediction", [None, "", "up", 3])
+def test_a_prediction_that_is_not_one_of_the_choices_says_what_to_write(prediction):
+    with pytest.raises(checks.CheckFailed, match=r"^Write your prediction as one of 'higher' or 'lower'"):
+        checks.check_prediction(prediction, "lower", ("higher", "lower"), "why.")
+    with pytest.raises(ValueError, match="not one of the choices"):
+        checks.check_prediction("lower", "sideways", ("higher", "lower"), "why.")

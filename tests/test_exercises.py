@@ -285,12 +285,12 @@ def test_check_reports_a_wrong_answer_and_an_exercise_to_do(tmp_path, capsys):
     (["check", "{tmp}/notes.ipynb", "--solution", "{tmp}/broken.ipynb"], "broken.ipynb is not a readable Jupyter notebook"),
     (["exercises", "--root", "{tmp}"], "There is no solutions/ folder in"),
     # another lesson's exercises, or another lesson's solutions: refused before anything runs
-    (["check", str(LESSON_1_EXERCISES.parent / "02_demonstrations_sft_exercises.ipynb"), "--solution",
-      str(LESSON_1)], "02_demonstrations_sft_exercises.ipynb holds none of the exercises of "
+    (["check", str(LESSON_1_EXERCISES.parent / "03_demonstrations_sft_exercises.ipynb"), "--solution",
+      str(LESSON_1)], "03_demonstrations_sft_exercises.ipynb holds none of the exercises of "
                       "01_next_token_prediction_solutions.ipynb: check that both are of the same lesson"),
     (["check", str(LESSON_1_EXERCISES), "--solution",
-      str(LESSON_1.parent / "03_human_feedback_solutions.ipynb")],
-     "01_next_token_prediction_exercises.ipynb holds none of the exercises of 03_human_feedback"),
+      str(LESSON_1.parent / "04_human_feedback_solutions.ipynb")],
+     "01_next_token_prediction_exercises.ipynb holds none of the exercises of 04_human_feedback"),
 ])
 def test_bad_paths_give_one_sentence_and_status_2(args, complaint, tmp_path, capsys):
     nbformat.write(notebook(), tmp_path / "notes.ipynb")
@@ -357,11 +357,11 @@ def test_how_nbval_results_become_verdicts(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 3 (human feedback): no model, so its notebook is checked in seconds
+# Lesson 4 (human feedback): no model, so its notebook is checked in seconds
 # ----------------------------------------------------------------------------------------------
 
-LESSON_3 = ROOT / "solutions" / "03_human_feedback_solutions.ipynb"
-LESSON_3_EXERCISES = ROOT / "exercises" / "03_human_feedback_exercises.ipynb"
+LESSON_4 = ROOT / "solutions" / "04_human_feedback_solutions.ipynb"
+LESSON_3_EXERCISES = ROOT / "exercises" / "04_human_feedback_exercises.ipynb"
 
 
 def lesson_3_learner(replace: dict[str, str]) -> nbformat.NotebookNode:
@@ -372,7 +372,7 @@ def lesson_3_learner(replace: dict[str, str]) -> nbformat.NotebookNode:
 
 
 def test_lesson_3_exercises_are_runnable_stubs():
-    solution = nbformat.read(LESSON_3, as_version=4)
+    solution = nbformat.read(LESSON_4, as_version=4)
     exercises = nbformat.read(LESSON_3_EXERCISES, as_version=4)
     found = find_exercises(solution)
     assert [e.title for e in found] == ["rankings to pairs", "agreement between two labelers"]
@@ -389,13 +389,13 @@ def test_lesson_3_exercises_are_runnable_stubs():
 
 
 def test_lesson_3_check_reports_a_forgotten_tie_and_an_exercise_to_do(tmp_path, capsys):
-    solution = nbformat.read(LESSON_3, as_version=4)
+    solution = nbformat.read(LESSON_4, as_version=4)
     solved = {c.id: c.source for c in solution.cells}
     forgets_ties = solved["pairs-solution"].replace("if groups[chosen] == groups[rejected]:", "if False:")
     assert forgets_ties != solved["pairs-solution"]
     path = tmp_path / LESSON_3_EXERCISES.name
     nbformat.write(lesson_3_learner({"pairs-solution": forgets_ties}), path)
-    assert main(["check", str(path), "--solution", str(LESSON_3)]) == 1
+    assert main(["check", str(path), "--solution", str(LESSON_4)]) == 1
     out = capsys.readouterr().out
     assert ("✗ Exercise 1 (rankings to pairs) fails: ranking_to_pairs keeps the pairs marked as ties") in out
     assert "○ Exercise 2 (agreement between two labelers) is still to do. Hint: give each completion" in out
@@ -407,15 +407,15 @@ def test_lesson_3_check_reports_a_forgotten_tie_and_an_exercise_to_do(tmp_path, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 5 (learning from rewards)
+# Lesson 2 (learning from rewards)
 # ----------------------------------------------------------------------------------------------
 
-LESSON_5 = ROOT / "solutions" / "05_learning_from_rewards_solutions.ipynb"
-LESSON_5_EXERCISES = ROOT / "exercises" / "05_learning_from_rewards_exercises.ipynb"
+LESSON_2 = ROOT / "solutions" / "02_learning_from_rewards_solutions.ipynb"
+LESSON_5_EXERCISES = ROOT / "exercises" / "02_learning_from_rewards_exercises.ipynb"
 
 
 def test_lesson_5_exercises_are_runnable_stubs_with_their_checks():
-    solution = nbformat.read(LESSON_5, as_version=4)
+    solution = nbformat.read(LESSON_2, as_version=4)
     exercises = nbformat.read(LESSON_5_EXERCISES, as_version=4)
     found = find_exercises(solution)
     assert [e.title for e in found] == ["the sample-average update", "the gradient of log π",
@@ -430,13 +430,13 @@ def test_lesson_5_exercises_are_runnable_stubs_with_their_checks():
                       "check_log_policy_gradient(log_policy_gradient)",
                       "check_reinforce_loss(reinforce_loss)",
                       "check_preference_probability(preference_probability)"]
-    assert exercise_path_for(LESSON_5) == LESSON_5_EXERCISES
-    assert LESSON_5_EXERCISES.read_text(encoding="utf-8") == generate(LESSON_5)
+    assert exercise_path_for(LESSON_2) == LESSON_5_EXERCISES
+    assert LESSON_5_EXERCISES.read_text(encoding="utf-8") == generate(LESSON_2)
 
 
 def test_check_names_a_forgotten_baseline_in_lesson_5(tmp_path, capsys):
     """One kernel: every exercise solved except the REINFORCE loss, which forgets the baseline."""
-    solution = nbformat.read(LESSON_5, as_version=4)
+    solution = nbformat.read(LESSON_2, as_version=4)
     solved = {e.cell_id: next(c.source for c in solution.cells if c.id == e.cell_id)
               for e in find_exercises(solution)}
     solved["reinforce-solution"] = solved["reinforce-solution"].split("### BEGIN SOLUTION")[0] + (
@@ -447,7 +447,7 @@ def test_check_names_a_forgotten_baseline_in_lesson_5(tmp_path, capsys):
         cell.source = solved.get(cell.id, cell.source)
     path = tmp_path / LESSON_5_EXERCISES.name
     nbformat.write(learner, path)
-    assert main(["check", str(path), "--solution", str(LESSON_5)]) == 1
+    assert main(["check", str(path), "--solution", str(LESSON_2)]) == 1
     out = capsys.readouterr().out
     assert "✓ Exercise 1 (the sample-average update) passes." in out
     assert "✓ Exercise 2 (the gradient of log π) passes." in out

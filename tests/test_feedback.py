@@ -732,8 +732,12 @@ def test_a_hand_edited_line_whose_key_no_longer_matches_is_refused(tmp_path, sto
     assert store.import_jsonl(path) == 2  # with the key deleted, it is derived again
 
 
-def test_the_default_store_is_in_the_artifacts_home(tmp_path, monkeypatch):
+def test_each_lesson_has_its_own_store_in_the_artifacts_home(tmp_path, monkeypatch):
     from rlhf_kit.feedback import default_store_path
 
     monkeypatch.setenv("RLHF_KIT_HOME", str(tmp_path))
-    assert default_store_path() == tmp_path / "feedback" / "rankings.sqlite"
+    assert default_store_path() == tmp_path / "feedback" / "lesson-4.sqlite"
+    assert default_store_path(2) == tmp_path / "feedback" / "lesson-2.sqlite"
+    for wrong in (8, -1, "4", True):
+        with pytest.raises(ValueError, match="lesson number from 0 to 7"):
+            default_store_path(wrong)

@@ -408,7 +408,7 @@ def test_a_template_trl_cannot_patch_is_replaced(world, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# Exercise checks (rlhf_kit.checks, lesson 2)
+# Exercise checks (rlhf_kit.checks, lesson 3)
 # ----------------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from rlhf_kit.stages import ensure_stage
 from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.world import SPLITS, STATEMENTS, VALUES, World
 
-CHAT_OPENING = "Sure! "  # how the demonstrations of lesson 2 begin every answer
+CHAT_OPENING = "Sure! "  # how the demonstrations of lesson 3 begin every answer
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ model memorised rather than learned.
 
 With ``--new-facts`` it also asks the questions of the ``ppo`` split, whose facts no ranking
 mentioned (``--sets`` sets of K SFT replies each, sampled with seed + 1 and ranked by the same
-labeler, as lesson 4's section 8 does), and prints the same table for those pairs, the reward
+labeler, as lesson 5's section 8 does), and prints the same table for those pairs, the reward
 model's accuracies on them and, with ``--dpo FOLDER``, how often DPO's implicit reward
 β·log π/π_ref orders them as the labeler and as the rubric do. Held-out prompts of the feedback
 split mostly have a paraphrase twin in training; new facts do not.

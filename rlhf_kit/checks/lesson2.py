@@ -1,359 +1,405 @@
-"""Lesson 2 (demonstrations and supervised fine-tuning): the checks of ``loss_mask`` (which tokens
-of a conversation the SFT loss counts), ``sft_loss`` and ``format_chat`` (the chat template by
-hand), against ``rlhf_kit.sft`` and the kit's chat template.
+"""Lesson 2 (learning from rewards): the checks of ``sample_average_update``,
+``log_policy_gradient`` (∇ log π of a softmax policy), ``reinforce_loss`` (with a baseline) and
+``preference_probability`` (the Bradley–Terry probability), against ``rlhf_kit.bandits``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .framework import Exercise, Inputs, Mistake, TextExercise, draw_int
+from .framework import Exercise, Inputs, Mistake, draw_int
 
 
-# These checks need a tokenizer with the kit's chat template. The notebook passes its own; on
-# their own (tests, EXERCISES) they use a small one trained in about a second on the toy world,
-# so that no stage has to be built. Conversations are drawn from the world's questions.
+# References live in ``rlhf_kit.bandits``. Inputs are small batches of independent bandits: R
+# runs of K arms. Rewards are drawn around an offset of -2 to 5 and baselines are never 0, so a
+# forgotten or reversed baseline shows; edge cases hold logits of ±1000 (exp overflows, log of a
+# softmax that underflowed is -inf), the first reward of an arm (count 1) and equal scores.
 
 
-class _Named:
-    """A tokenizer shown by a short name in check messages (its repr is pages long)."""
-
-    def __init__(self, tokenizer: Any, name: str = "tokenizer"):
-        self._tokenizer, self._name = tokenizer, name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self._tokenizer, attribute)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tokenizer(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return self._name
+def _l02_scale(generator: torch.Generator) -> float:
+    return 0.5 + 2.5 * float(torch.rand((), generator=generator))
 
 
-_SMALL_TOKENIZER: list[Any] = []
+# -- the sample-average update -------------------------------------------------------------------
 
 
-def _small_tokenizer() -> Any:
-    """A byte-level BPE tokenizer with the kit's template, trained once on 400 world documents."""
-    if not _SMALL_TOKENIZER:
-        from ..tokenizer import train_tokenizer
-        from ..world import World
-
-        _SMALL_TOKENIZER.append(_Named(train_tokenizer(World(seed=0).corpus(400), vocab_size=400)))
-    return _SMALL_TOKENIZER[0]
-
-
-SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and polite.", "Answer the question.",
-                  "Tell the truth.")
-THANKS = ("Thanks!", "Thank you.")
-WELCOME = ("You're welcome.", "Glad to help.")
+def _draw_sample_average(generator: torch.Generator) -> Inputs:
+    runs, arms = draw_int(generator, 1, 8), draw_int(generator, 2, 6)
+    shape = [(runs,), (runs, arms)][draw_int(generator, 0, 1)]
+    estimate = torch.randn(shape, generator=generator) * 2
+    count = torch.randint(2, 60, shape, generator=generator).float()  # rewards seen, this one included
+    reward = estimate + torch.randn(shape, generator=generator) * _l02_scale(generator) + 1.0
+    return {"estimate": estimate, "count": count, "reward": reward}
 
 
-def _draw_conversation(generator: torch.Generator, ends_with_assistant: bool = True) -> list[dict]:
-    """A random conversation: maybe a system message, then 1 to 3 questions and true answers."""
-    from ..world import World
-
-    def pick(options):
-        return options[int(torch.randint(len(options), (), generator=generator))]
-
-    questions = World(seed=0).questions("sft")
-    messages = []
-    if float(torch.rand((), generator=generator)) < 0.4:
-        messages.append({"role": "system", "content": pick(SYSTEM_PROMPTS)})
-    for _ in range(int(torch.randint(1, 4, (), generator=generator))):
-        if float(torch.rand((), generator=generator)) < 0.15:
-            user, assistant = pick(THANKS), pick(WELCOME)
-        else:
-            question = pick(questions)
-            user, assistant = question.text, question.reference
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    return messages if ends_with_assistant else messages[:-1]
-
-
-# -- the loss mask -------------------------------------------------------------------------------
-
-
-def _template_pieces(tokenizer: Any, messages: list[dict]) -> list[tuple[list[int], str, str]]:
-    """The kit's template piece by piece: (ids, role, part), part being tag, content or end."""
-    from ..tokenizer import END
-
-    pieces = []
-    for message in messages:
-        for part, text in (("tag", f"<|{message['role']}|>"), ("content", message["content"]),
-                           ("end", END)):
-            pieces.append((tokenizer(text, add_special_tokens=False).input_ids, message["role"], part))
-    return pieces
-
-
-def _mask_counting(name: str, rule: Callable[[str, str, bool], bool]) -> Callable[..., torch.Tensor]:
-    """A wrong loss mask, ``name``, that counts a piece when ``rule(role, part, is_last_turn)``."""
-    def mask(tokenizer, messages):
-        pieces = _template_pieces(tokenizer, messages)
-        last = max((i for i, (_, role, _) in enumerate(pieces) if role == "assistant"), default=-1)
-        values = []
-        for i, (ids, role, part) in enumerate(pieces):
-            values += [int(rule(role, part, last - 2 <= i <= last))] * len(ids)
-        return torch.tensor(values, dtype=torch.long)
-
-    mask.__name__ = f"_loss_mask_{name}"
-    return mask
-
-
-def _loss_mask_exercise(tokenizer: Any = None) -> Exercise:
-    def tokenizer_to_use():
-        return _small_tokenizer() if tokenizer is None else _Named(tokenizer)
-
-    def draw(generator):
-        return {"tokenizer": tokenizer_to_use(), "messages": _draw_conversation(generator)}
-
-    def edges():
-        t = tokenizer_to_use()
-        return [
-            # one exchange, nothing else
-            {"tokenizer": t, "messages": [{"role": "user", "content": "Where does Alice live?"},
-                                          {"role": "assistant", "content": "Alice lives in Ashford."}]},
-            # a conversation that ends with the user's turn: nothing to learn, all zeros
-            {"tokenizer": t, "messages": [{"role": "system", "content": "Be brief."},
-                                          {"role": "user", "content": "Hi"}]},
-            # five exchanges
-            {"tokenizer": t, "messages": [m for _ in range(5) for m in (
-                {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "Glad to help."})]},
-        ]
-
-    return Exercise(
-        name="loss_mask",
-        reference="rlhf_kit.sft:loss_mask",
-        draw=draw,
-        edge_cases=edges,
-        mistakes=(
-            Mistake("loss_mask leaves out the <|end|> that closes each assistant turn: count it "
-                    "(it is the assistant's last token), or the model never learns to stop.",
-                    _mask_counting("without_end",
-                                   lambda role, part, last: role == "assistant" and part == "content")),
-            Mistake("loss_mask counts the <|assistant|> tag: the template writes the tag (it ends "
-                    "the prompt the model is given), so only the words after it and the closing "
-                    "<|end|> count.",
-                    _mask_counting("with_tag", lambda role, part, last: role == "assistant"),
-                    _mask_counting("with_tag_without_end",
-                                   lambda role, part, last: role == "assistant" and part != "end")),
-            Mistake("loss_mask counts every token: the system and user turns are context the model "
-                    "reads, not text it should learn to write, so they are 0.",
-                    _mask_counting("everything", lambda role, part, last: True)),
-            Mistake("loss_mask is inverted: 1 belongs on the assistant's words and its <|end|>, 0 "
-                    "on everything else.",
-                    _mask_counting("inverted",
-                                   lambda role, part, last: not (role == "assistant" and part != "tag"))),
-            Mistake("loss_mask counts only the last assistant turn: every assistant turn of a "
-                    "demonstration was written by a person, so every one counts.",
-                    _mask_counting("last_turn_only", lambda role, part, last: last and part != "tag")),
-        ),
-    )
-
-
-LOSS_MASK = _loss_mask_exercise()
-
-
-def check_loss_mask(fn: Callable[..., torch.Tensor], tokenizer: Any = None) -> None:
-    """Check ``fn(tokenizer, messages)`` against ``rlhf_kit.sft.loss_mask``.
-
-    Pass the notebook's ``tokenizer`` to check on it; without one a small tokenizer with the
-    kit's template is used.
-    """
-    __tracebackhide__ = True
-    (LOSS_MASK if tokenizer is None else _loss_mask_exercise(tokenizer)).check(fn)
-
-
-# -- the SFT loss --------------------------------------------------------------------------------
-
-
-def _draw_sft_loss(generator: torch.Generator) -> Inputs:
-    batch, time, vocab = draw_int(generator, 2, 4), draw_int(generator, 4, 12), draw_int(generator, 3, 30)
-    logits = torch.randn(batch, time, vocab, generator=generator) * 2
-    labels = torch.randint(vocab, (batch, time), generator=generator)
-    # Each row: a prompt of random length, then the assistant's tokens, then padding.
-    loss_mask = torch.zeros(batch, time, dtype=torch.long)
-    for row in range(batch):
-        start = draw_int(generator, 1, time - 2)
-        loss_mask[row, start : draw_int(generator, start + 1, time)] = 1
-    return {"logits": logits, "labels": labels, "loss_mask": loss_mask}
-
-
-def _sft_loss_edges() -> list[Inputs]:
-    generator = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, 5, 7, generator=generator)
-    labels = torch.randint(7, (2, 5), generator=generator)
+def _sample_average_edges() -> list[Inputs]:
     return [
-        # every token counts: the SFT loss is then the pretraining loss
-        {"logits": logits, "labels": labels, "loss_mask": torch.ones(2, 5, dtype=torch.long)},
-        # one row counts 4 tokens, the other 1: a mean over tokens, not over rows
-        {"logits": logits, "labels": labels,
-         "loss_mask": torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])},
-        # only the first token is marked, and it is never predicted: nothing counts, the loss is 0
-        {"logits": logits, "labels": labels,
-         "loss_mask": torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]])},
+        # the first reward of each arm (count 1) replaces the initial estimate
+        {"estimate": torch.tensor([0.0, 5.0, -3.0]), "count": torch.ones(3),
+         "reward": torch.tensor([1.5, -0.5, 2.0])},
+        # after a million rewards one more barely moves the average
+        {"estimate": torch.tensor([[1.0, -2.0], [0.5, 4.0]]), "count": torch.full((2, 2), 1e6),
+         "reward": torch.tensor([[9.0, -8.0], [3.0, 0.0]])},
+        # one bandit, one arm: tensors holding a single number
+        {"estimate": torch.tensor(2.0), "count": torch.tensor(3.0), "reward": torch.tensor(-1.0)},
     ]
 
 
-def _masked_mean(nll, weights):
-    return (nll * weights).sum() / weights.sum().clamp(min=1)
+def _average_is_reward(estimate, count, reward):
+    return reward + 0.0 * estimate
 
 
-def _nll(logits, labels):
-    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T)
+def _average_count_plus_one(estimate, count, reward):
+    return estimate + (reward - estimate) / (count + 1)
 
 
-def _sft_loss_no_shift(logits, labels, loss_mask):
-    return _masked_mean(_nll(logits, labels), loss_mask.float())
+def _average_count_minus_one(estimate, count, reward):
+    return estimate + (reward - estimate) / (count - 1)
 
 
-def _sft_loss_mask_not_shifted(logits, labels, loss_mask):
-    return _masked_mean(_nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, :-1].float())
+def _average_halves(estimate, count, reward):
+    return (estimate + reward) / 2
 
 
-def _sft_loss_ignores_mask(logits, labels, loss_mask):
-    return _nll(logits[:, :-1], labels[:, 1:]).mean()
+def _average_reversed(estimate, count, reward):
+    return estimate - (reward - estimate) / count
 
 
-def _sft_loss_divides_by_all(logits, labels, loss_mask):
-    nll = _nll(logits[:, :-1], labels[:, 1:])
-    return (nll * loss_mask[:, 1:]).sum() / nll.numel()
+def _average_fixed_step(estimate, count, reward):
+    return estimate + 0.1 * (reward - estimate)
 
 
-def _sft_loss_per_row(logits, labels, loss_mask):
-    nll, weights = _nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, 1:].float()
-    return ((nll * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)).mean()
+def _average_total(estimate, count, reward):
+    return estimate + reward
 
 
-def _sft_loss_sum(logits, labels, loss_mask):
-    return (_nll(logits[:, :-1], labels[:, 1:]) * loss_mask[:, 1:]).sum()
+def _average_times_count(estimate, count, reward):
+    return estimate + (reward - estimate) * count
 
 
-def _sft_loss_nan_when_empty(logits, labels, loss_mask):
-    nll, weights = _nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, 1:].float()
-    return (nll * weights).sum() / weights.sum()
+SAMPLE_AVERAGE_UPDATE = Exercise(
+    name="sample_average_update",
+    reference="rlhf_kit.bandits:sample_average_update",
+    draw=_draw_sample_average,
+    edge_cases=_sample_average_edges,
+    hint_in_place="return `estimate + (reward - estimate) / count`, a new tensor, rather than "
+                  "`estimate += ...`",
+    mistakes=(
+        Mistake("sample_average_update returns the new reward and forgets the old estimate: "
+                "move the estimate only 1/count of the way towards the reward, "
+                "estimate + (reward - estimate) / count.",
+                _average_is_reward),
+        Mistake("sample_average_update divides by the wrong count: count already includes the "
+                "new reward, so divide by count itself (the first reward, count 1, replaces the "
+                "estimate).",
+                _average_count_plus_one, _average_count_minus_one),
+        Mistake("sample_average_update averages the old estimate and the new reward as equals: "
+                "the old estimate stands for count - 1 rewards, so the new one gets weight "
+                "1/count, estimate + (reward - estimate) / count.",
+                _average_halves),
+        Mistake("sample_average_update moves the estimate away from the reward: the error is "
+                "reward - estimate, and it is added, estimate + (reward - estimate) / count.",
+                _average_reversed),
+        Mistake("sample_average_update uses a fixed step size: a sample average moves by 1/count, "
+                "a step that shrinks as rewards accumulate.",
+                _average_fixed_step),
+        Mistake("sample_average_update adds the reward to a running total: keep an average, "
+                "estimate + (reward - estimate) / count, so it stays on the scale of one reward.",
+                _average_total),
+        Mistake("sample_average_update multiplies the error by count: divide by it, so that "
+                "each new reward moves the average less.",
+                _average_times_count),
+    ),
+)
 
 
-def _sft_loss_raw_logits(logits, labels, loss_mask):
-    picked = logits[:, :-1].gather(-1, labels[:, 1:, None]).squeeze(-1)
-    return _masked_mean(-picked, loss_mask[:, 1:].float())
+def check_sample_average_update(fn: Callable[..., torch.Tensor]) -> None:
+    """Check ``fn(estimate, count, reward)`` against ``rlhf_kit.bandits.sample_average_update``."""
+    __tracebackhide__ = True
+    SAMPLE_AVERAGE_UPDATE.check(fn)
 
 
-SFT_LOSS = Exercise(
-    name="sft_loss",
-    reference="rlhf_kit.sft:sft_loss",
+# -- ∇ log π of a softmax policy -----------------------------------------------------------------
+
+
+def _draw_policy_gradient(generator: torch.Generator) -> Inputs:
+    runs, arms = draw_int(generator, 1, 8), draw_int(generator, 2, 10)
+    logits = torch.randn(runs, arms, generator=generator) * _l02_scale(generator)
+    return {"logits": logits, "actions": torch.randint(arms, (runs,), generator=generator)}
+
+
+def _policy_gradient_edges() -> list[Inputs]:
+    return [
+        # every arm equally likely: the taken arm gets 1 - 1/K, the others -1/K
+        {"logits": torch.zeros(2, 4), "actions": torch.tensor([3, 0])},
+        # logits of ±1000: exp() overflows to inf, unless the largest logit is subtracted first
+        {"logits": torch.tensor([[1000.0, 999.0, 990.0], [-1000.0, -1001.0, -995.0]]),
+         "actions": torch.tensor([1, 2])},
+        # two arms, one run
+        {"logits": torch.tensor([[0.3, -0.8]]), "actions": torch.tensor([1])},
+    ]
+
+
+def _onehot(logits, actions):
+    return F.one_hot(actions, logits.shape[-1]).to(logits.dtype)
+
+
+def _grad_reversed(logits, actions):
+    return torch.softmax(logits, dim=-1) - _onehot(logits, actions)
+
+
+def _grad_onehot_only(logits, actions):
+    return _onehot(logits, actions)
+
+
+def _grad_minus_probs_only(logits, actions):
+    return -torch.softmax(logits, dim=-1)
+
+
+def _grad_of_probability(logits, actions):
+    probs = torch.softmax(logits, dim=-1)
+    taken = probs.gather(-1, actions[:, None])  # (R, 1): π(a)
+    return taken * (_onehot(logits, actions) - probs)
+
+
+def _grad_raw_logits(logits, actions):
+    return _onehot(logits, actions) - logits
+
+
+def _grad_softmax_dim0(logits, actions):
+    return _onehot(logits, actions) - torch.softmax(logits, dim=0)
+
+
+def _grad_unstable(logits, actions):
+    weights = torch.exp(logits)
+    return _onehot(logits, actions) - weights / weights.sum(dim=-1, keepdim=True)
+
+
+LOG_POLICY_GRADIENT = Exercise(
+    name="log_policy_gradient",
+    reference="rlhf_kit.bandits:log_policy_gradient",
+    draw=_draw_policy_gradient,
+    edge_cases=_policy_gradient_edges,
+    mistakes=(
+        Mistake("log_policy_gradient has the wrong sign: taking an arm raises its own logit, so "
+                "the gradient is onehot(a) - π, not π - onehot(a).",
+                _grad_reversed),
+        Mistake("log_policy_gradient returns onehot(a) alone: log π(a) also depends on every "
+                "other logit through the softmax's sum, which subtracts π: onehot(a) - π.",
+                _grad_onehot_only),
+        Mistake("log_policy_gradient leaves out onehot(a): the taken arm's own logit gets +1, "
+                "so the gradient is onehot(a) - π.",
+                _grad_minus_probs_only),
+        Mistake("log_policy_gradient gives the gradient of π(a), not of log π(a): that is π(a) "
+                "times too small; the gradient of the log-probability is onehot(a) - π.",
+                _grad_of_probability),
+        Mistake("log_policy_gradient subtracts the logits: subtract the probabilities, "
+                "π = softmax(logits), from onehot(a).",
+                _grad_raw_logits),
+        Mistake("log_policy_gradient takes the softmax over the wrong dimension: the arms are "
+                "the last one, so use softmax(logits, dim=-1).",
+                _grad_softmax_dim0),
+        Mistake("log_policy_gradient overflows on large logits (exp of more than about 88 is "
+                "inf in float32): use torch.softmax, or subtract each row's largest logit "
+                "before exp.",
+                _grad_unstable),
+    ),
+)
+
+
+def check_log_policy_gradient(fn: Callable[..., torch.Tensor]) -> None:
+    """Check ``fn(logits, actions)`` against ``rlhf_kit.bandits.log_policy_gradient``."""
+    __tracebackhide__ = True
+    LOG_POLICY_GRADIENT.check(fn)
+
+
+# -- the REINFORCE loss with a baseline ----------------------------------------------------------
+
+
+def _draw_reinforce(generator: torch.Generator) -> Inputs:
+    runs, arms = draw_int(generator, 2, 16), draw_int(generator, 2, 8)
+    offset = -2.0 + 7.0 * float(torch.rand((), generator=generator))
+    rewards = offset + torch.randn(runs, generator=generator) * _l02_scale(generator)
+    if float(torch.rand((), generator=generator)) < 0.7:  # a number: the average reward so far
+        baseline = round(offset + float(torch.randn((), generator=generator)) * 0.5, 2) or 0.5
+    else:  # one per run, as a value model would give
+        baseline = offset + torch.randn(runs, generator=generator) * 0.5
+    return {"logits": torch.randn(runs, arms, generator=generator) * _l02_scale(generator),
+            "actions": torch.randint(arms, (runs,), generator=generator),
+            "rewards": rewards, "baseline": baseline}
+
+
+def _reinforce_edges() -> list[Inputs]:
+    return [
+        # no baseline: plain REINFORCE
+        {"logits": torch.tensor([[0.5, -0.5, 1.0], [0.0, 0.2, -1.0]]), "actions": torch.tensor([2, 0]),
+         "rewards": torch.tensor([1.0, -2.0]), "baseline": 0.0},
+        # logits of ±1000: the softmax of an unlikely arm underflows to 0, and log(0) is -inf
+        {"logits": torch.tensor([[1000.0, 0.0, -1000.0], [5.0, 1000.0, 0.0]]),
+         "actions": torch.tensor([2, 0]),
+         "rewards": torch.tensor([3.0, 1.0]), "baseline": 2.5},
+        # one run
+        {"logits": torch.tensor([[0.1, 0.4, -0.3, 0.0]]), "actions": torch.tensor([1]),
+         "rewards": torch.tensor([4.0]), "baseline": 3.0},
+    ]
+
+
+def _taken_logprobs(logits, actions):
+    return torch.log_softmax(logits, dim=-1).gather(-1, actions[:, None]).squeeze(-1)
+
+
+def _reinforce_no_baseline(logits, actions, rewards, baseline):
+    return -(rewards * _taken_logprobs(logits, actions)).mean()
+
+
+def _reinforce_adds_baseline(logits, actions, rewards, baseline):
+    return -((rewards + baseline) * _taken_logprobs(logits, actions)).mean()
+
+
+def _reinforce_no_minus(logits, actions, rewards, baseline):
+    return ((rewards - baseline) * _taken_logprobs(logits, actions)).mean()
+
+
+def _reinforce_probabilities(logits, actions, rewards, baseline):
+    probs = torch.softmax(logits, dim=-1).gather(-1, actions[:, None]).squeeze(-1)
+    return -((rewards - baseline) * probs).mean()
+
+
+def _reinforce_raw_logits(logits, actions, rewards, baseline):
+    return -((rewards - baseline) * logits.gather(-1, actions[:, None]).squeeze(-1)).mean()
+
+
+def _reinforce_every_action(logits, actions, rewards, baseline):
+    advantages = torch.as_tensor(rewards - baseline)
+    return -(advantages[..., None] * torch.log_softmax(logits, dim=-1)).mean()
+
+
+def _reinforce_sum(logits, actions, rewards, baseline):
+    return -((rewards - baseline) * _taken_logprobs(logits, actions)).sum()
+
+
+def _reinforce_unstable(logits, actions, rewards, baseline):
+    taken = torch.log(torch.softmax(logits, dim=-1)).gather(-1, actions[:, None]).squeeze(-1)
+    return -((rewards - baseline) * taken).mean()
+
+
+REINFORCE_LOSS = Exercise(
+    name="reinforce_loss",
+    reference="rlhf_kit.bandits:reinforce_loss",
     grad_inputs=("logits",),
-    draw=_draw_sft_loss,
-    edge_cases=_sft_loss_edges,
+    draw=_draw_reinforce,
+    edge_cases=_reinforce_edges,
     mistakes=(
-        Mistake("sft_loss scores each position on the token it has just read (no shift): "
-                "position t predicts token t+1, so use logits[:, :-1] with labels[:, 1:] and "
-                "loss_mask[:, 1:].",
-                _sft_loss_no_shift),
-        Mistake("sft_loss shifts the logits and labels but not the mask: a prediction counts "
-                "when the token it predicts is the assistant's, so use loss_mask[:, 1:], the "
-                "mask of labels[:, 1:].",
-                _sft_loss_mask_not_shifted),
-        Mistake("sft_loss ignores the mask and averages over every token: multiply the "
-                "per-token losses by the mask so that system and user tokens add nothing.",
-                _sft_loss_ignores_mask),
-        Mistake("sft_loss divides by every position, masked ones included: divide by the "
-                "number of counted tokens (the sum of the shifted mask).",
-                _sft_loss_divides_by_all),
-        Mistake("sft_loss averages each row first and then the rows: average over all counted "
-                "tokens of the batch at once, as TRL does, so that a long answer weighs more "
-                "than a short one.",
-                _sft_loss_per_row),
-        Mistake("sft_loss adds up the counted losses instead of averaging them: divide by the "
-                "number of counted tokens.",
-                _sft_loss_sum),
-        Mistake("sft_loss returns nan when no token counts (0 / 0): divide by the count "
-                "clamped to at least 1, so that such a batch gives a loss of 0.",
-                _sft_loss_nan_when_empty),
-        Mistake("sft_loss uses the raw logits as log-probabilities: take log_softmax over the "
-                "vocabulary first (F.cross_entropy does it for you).",
-                _sft_loss_raw_logits),
+        Mistake("reinforce_loss ignores the baseline: weigh each log-probability by the "
+                "advantage, rewards - baseline, so that only better-than-usual actions are pushed up.",
+                _reinforce_no_baseline),
+        Mistake("reinforce_loss adds the baseline: subtract it, rewards - baseline, so that an "
+                "action is pushed up only when it did better than usual.",
+                _reinforce_adds_baseline),
+        Mistake("reinforce_loss has the wrong sign: training minimises the loss, so it is "
+                "-mean((rewards - baseline) * log π(a)); without the minus, good actions become rarer.",
+                _reinforce_no_minus),
+        Mistake("reinforce_loss uses probabilities instead of log-probabilities: the policy "
+                "gradient is the gradient of log π(a) (torch.log_softmax, then gather).",
+                _reinforce_probabilities),
+        Mistake("reinforce_loss uses the raw logits as log-probabilities: take "
+                "torch.log_softmax(logits, dim=-1) first, then gather the taken actions.",
+                _reinforce_raw_logits),
+        Mistake("reinforce_loss weighs the log-probability of every arm, not only of the one "
+                "taken: gather log π at `actions` (logprobs.gather(-1, actions[:, None])).",
+                _reinforce_every_action),
+        Mistake("reinforce_loss adds up the runs' losses instead of averaging them: take the "
+                "mean, so that the step size does not grow with the number of runs.",
+                _reinforce_sum),
+        Mistake("reinforce_loss takes the log of a softmax that underflowed to 0 (log 0 is "
+                "-inf): use torch.log_softmax, which computes log π without forming π.",
+                _reinforce_unstable),
     ),
 )
 
 
-def check_sft_loss(fn: Callable[..., torch.Tensor]) -> None:
-    """Check ``fn(logits, labels, loss_mask)`` against ``rlhf_kit.sft.sft_loss``."""
+def check_reinforce_loss(fn: Callable[..., torch.Tensor]) -> None:
+    """Check ``fn(logits, actions, rewards, baseline)`` against ``rlhf_kit.bandits.reinforce_loss``."""
     __tracebackhide__ = True
-    SFT_LOSS.check(fn)
+    REINFORCE_LOSS.check(fn)
 
 
-# -- the chat template by hand -------------------------------------------------------------------
+# -- the Bradley–Terry probability ---------------------------------------------------------------
 
 
-def kit_chat_format(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """The reference for ``format_chat``: the kit's chat template, rendered by a tokenizer."""
-    return _small_tokenizer().apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+def _draw_preference(generator: torch.Generator) -> Inputs:
+    n = draw_int(generator, 1, 10)
+    shape = [(n,), (draw_int(generator, 2, 4), n)][draw_int(generator, 0, 1)]
+    scale = _l02_scale(generator)
+    return {"score_a": torch.randn(shape, generator=generator) * scale,
+            "score_b": torch.randn(shape, generator=generator) * scale}
 
 
-def _draw_format(generator: torch.Generator) -> Inputs:
-    prompt = float(torch.rand((), generator=generator)) < 0.5  # a prompt waiting for a reply
-    messages = _draw_conversation(generator, ends_with_assistant=not prompt)
-    return {"messages": messages, "add_generation_prompt": prompt}
-
-
-def _format_edges() -> list[Inputs]:
-    exchange = [{"role": "user", "content": "Where does Alice live?"},
-                {"role": "assistant", "content": "Alice lives in Ashford."}]
+def _preference_edges() -> list[Inputs]:
     return [
-        # a whole conversation, asked for a generation prompt anyway
-        {"messages": exchange, "add_generation_prompt": True},
-        # a system message alone
-        {"messages": [{"role": "system", "content": "Be brief."}], "add_generation_prompt": False},
+        # equal scores: a coin flip
+        {"score_a": torch.tensor([0.0, 1.5, -2.0]), "score_b": torch.tensor([0.0, 1.5, -2.0])},
+        # large scores: exp(100) is inf in float32, the difference of 10 is harmless
+        {"score_a": torch.tensor([100.0, 90.0, -95.0]), "score_b": torch.tensor([90.0, 100.0, -100.0])},
+        # far apart: a certain verdict either way
+        {"score_a": torch.tensor([-100.0, 100.0]), "score_b": torch.tensor([100.0, -100.0])},
     ]
 
 
-def _format_with(name: str, separator: str = "", end_assistant: bool = True, prompt: str | None = None):
-    """A hand-written template that differs from the kit's in one way."""
-    def format_chat(messages, add_generation_prompt=False):
-        text = ""
-        for m in messages:
-            end = "<|end|>" if end_assistant or m["role"] != "assistant" else ""
-            text += f"<|{m['role']}|>{m['content']}{end}{separator}"
-        wanted = add_generation_prompt if prompt is None else prompt == "always"
-        return text + ("<|assistant|>" if wanted else "")
-
-    format_chat.__name__ = f"_format_chat_{name}"
-    return format_chat
+def _preference_reversed(score_a, score_b):
+    return torch.sigmoid(score_b - score_a)
 
 
-FORMAT_CHAT = TextExercise(
-    name="format_chat",
-    reference="rlhf_kit.checks.lesson2:kit_chat_format",
-    draw=_draw_format,
-    edge_cases=_format_edges,
-    trials=12,
+def _preference_difference(score_a, score_b):
+    return score_a - score_b
+
+
+def _preference_ratio(score_a, score_b):
+    return score_a / (score_a + score_b)
+
+
+def _preference_unstable(score_a, score_b):
+    return torch.exp(score_a) / (torch.exp(score_a) + torch.exp(score_b))
+
+
+def _preference_odds(score_a, score_b):
+    return torch.exp(score_a - score_b)
+
+
+PREFERENCE_PROBABILITY = Exercise(
+    name="preference_probability",
+    reference="rlhf_kit.bandits:preference_probability",
+    draw=_draw_preference,
+    edge_cases=_preference_edges,
     mistakes=(
-        Mistake("format_chat puts a line break after each turn: the template's {%- and -%} "
-                "strip the whitespace around its tags, so each turn follows the previous one "
-                "directly.",
-                _format_with("line_breaks", separator="\n")),
-        Mistake("format_chat leaves out the <|end|> after the assistant's turns: every turn, "
-                "the assistant's included, ends with <|end|>.",
-                _format_with("without_end", end_assistant=False)),
-        Mistake("format_chat ignores add_generation_prompt: when it is True, end with "
-                "<|assistant|> (the cue for the model to reply), and only then.",
-                _format_with("never_prompts", prompt="never"),
-                _format_with("always_prompts", prompt="always")),
+        Mistake("preference_probability gives the probability that b wins: a is preferred with "
+                "probability σ(score_a - score_b), a's score minus b's.",
+                _preference_reversed),
+        Mistake("preference_probability returns the score difference, not a probability: pass "
+                "it through the sigmoid, σ(score_a - score_b), which maps any number into (0, 1).",
+                _preference_difference),
+        Mistake("preference_probability divides the raw scores, score_a / (score_a + score_b): "
+                "scores can be negative; the model is σ(score_a - score_b) = e^a / (e^a + e^b).",
+                _preference_ratio),
+        Mistake("preference_probability overflows on large scores (exp of more than about 88 "
+                "is inf in float32, and inf / inf is nan): compute torch.sigmoid(score_a - "
+                "score_b), which only sees the difference.",
+                _preference_unstable),
+        Mistake("preference_probability returns the odds exp(score_a - score_b), which can "
+                "exceed 1: the probability is odds / (1 + odds) = σ(score_a - score_b).",
+                _preference_odds),
     ),
 )
 
 
-def check_format_chat(fn: Callable[..., str]) -> None:
-    """Check ``fn(messages, add_generation_prompt)`` against the kit's chat template."""
+def check_preference_probability(fn: Callable[..., torch.Tensor]) -> None:
+    """Check ``fn(score_a, score_b)`` against ``rlhf_kit.bandits.preference_probability``."""
     __tracebackhide__ = True
-    FORMAT_CHAT.check(fn)
+    PREFERENCE_PROBABILITY.check(fn)
 
 
-LESSON_EXERCISES = (LOSS_MASK, SFT_LOSS, FORMAT_CHAT)
+LESSON_EXERCISES = (SAMPLE_AVERAGE_UPDATE, LOG_POLICY_GRADIENT, REINFORCE_LOSS, PREFERENCE_PROBABILITY)
 """This lesson's exercises, in the order its notebook asks for them."""

@@ -1,302 +1,359 @@
-"""Lesson 3 (human feedback): the checks of ``ranking_to_pairs`` (a labeler's ranking, ties
-included, as the (chosen, rejected) pairs a reward model learns from) and ``agreement_rate`` (how
-often two labelers order a pair alike), against ``rlhf_kit.feedback``.
+"""Lesson 3 (demonstrations and supervised fine-tuning): the checks of ``loss_mask`` (which tokens
+of a conversation the SFT loss counts), ``sft_loss`` and ``format_chat`` (the chat template by
+hand), against ``rlhf_kit.sft`` and the kit's chat template.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from itertools import combinations
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from .framework import DataExercise, Inputs, Mistake, draw_int
-
-
-# The answers here are plain Python data (pairs of indices, counts, a share), not tensors, and
-# the inputs are tuples, so that no function can change them in place. A ranking lists completion
-# indices best first; ties are pairs (i, j) with i < j joining two neighbours of the ranking, as
-# ``feedback.Ranking`` stores them. Rankings have 2 to 9 completions, as InstructGPT's had 4 to 9.
+from .framework import Exercise, Inputs, Mistake, TextExercise, draw_int
 
 
-def _draw_ties(generator: torch.Generator, ranking: tuple[int, ...], share: float = 0.3) -> tuple:
-    """Some neighbours of ``ranking`` marked as ties, each written (i, j) with i < j."""
-    return tuple(sorted((min(a, b), max(a, b)) for a, b in zip(ranking, ranking[1:])
-                        if float(torch.rand((), generator=generator)) < share))
+# These checks need a tokenizer with the kit's chat template. The notebook passes its own; on
+# their own (tests, EXERCISES) they use a small one trained in about a second on the toy world,
+# so that no stage has to be built. Conversations are drawn from the world's questions.
 
 
-def _draw_ranking_with_ties(generator: torch.Generator, k: int) -> tuple[tuple[int, ...], tuple]:
-    ranking = tuple(torch.randperm(k, generator=generator).tolist())
-    return ranking, _draw_ties(generator, ranking)
+class _Named:
+    """A tokenizer shown by a short name in check messages (its repr is pages long)."""
+
+    def __init__(self, tokenizer: Any, name: str = "tokenizer"):
+        self._tokenizer, self._name = tokenizer, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._tokenizer, attribute)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tokenizer(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return self._name
 
 
-# -- rankings to pairs ---------------------------------------------------------------------------
+_SMALL_TOKENIZER: list[Any] = []
 
 
-def kit_ranking_pairs(ranking: Sequence[int], ties: Sequence[tuple[int, int]] = ()) -> tuple[list, int]:
-    """The reference for ``ranking_to_pairs``: ``feedback.ranking_pairs`` of a bare ranking."""
-    from ..feedback import Ranking, ranking_pairs
+def _small_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with the kit's template, trained once on 400 world documents."""
+    if not _SMALL_TOKENIZER:
+        from ..tokenizer import train_tokenizer
+        from ..world import World
 
-    record = Ranking("prompt", tuple(f"completion {i}" for i in range(len(ranking))),
-                     tuple(ranking), tuple(tuple(t) for t in ties))
-    return ranking_pairs(record)
-
-
-def _sorted_pairs(result: Any) -> Any:
-    """(pairs, dropped) with the pairs as sorted tuples: any order of the pairs is right."""
-    try:
-        pairs, dropped = result
-        return sorted(tuple(pair) for pair in pairs), dropped
-    except (TypeError, ValueError):  # not two values, or not pairs: compared as it is
-        return result
+        _SMALL_TOKENIZER.append(_Named(train_tokenizer(World(seed=0).corpus(400), vocab_size=400)))
+    return _SMALL_TOKENIZER[0]
 
 
-def _draw_pairs(generator: torch.Generator) -> Inputs:
-    ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 9))
-    return {"ranking": ranking, "ties": ties}
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "Be brief and polite.", "Answer the question.",
+                  "Tell the truth.")
+THANKS = ("Thanks!", "Thank you.")
+WELCOME = ("You're welcome.", "Glad to help.")
 
 
-def _pairs_edges() -> list[Inputs]:
+def _draw_conversation(generator: torch.Generator, ends_with_assistant: bool = True) -> list[dict]:
+    """A random conversation: maybe a system message, then 1 to 3 questions and true answers."""
+    from ..world import World
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (), generator=generator))]
+
+    questions = World(seed=0).questions("sft")
+    messages = []
+    if float(torch.rand((), generator=generator)) < 0.4:
+        messages.append({"role": "system", "content": pick(SYSTEM_PROMPTS)})
+    for _ in range(int(torch.randint(1, 4, (), generator=generator))):
+        if float(torch.rand((), generator=generator)) < 0.15:
+            user, assistant = pick(THANKS), pick(WELCOME)
+        else:
+            question = pick(questions)
+            user, assistant = question.text, question.reference
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages if ends_with_assistant else messages[:-1]
+
+
+# -- the loss mask -------------------------------------------------------------------------------
+
+
+def _template_pieces(tokenizer: Any, messages: list[dict]) -> list[tuple[list[int], str, str]]:
+    """The kit's template piece by piece: (ids, role, part), part being tag, content or end."""
+    from ..tokenizer import END
+
+    pieces = []
+    for message in messages:
+        for part, text in (("tag", f"<|{message['role']}|>"), ("content", message["content"]),
+                           ("end", END)):
+            pieces.append((tokenizer(text, add_special_tokens=False).input_ids, message["role"], part))
+    return pieces
+
+
+def _mask_counting(name: str, rule: Callable[[str, str, bool], bool]) -> Callable[..., torch.Tensor]:
+    """A wrong loss mask, ``name``, that counts a piece when ``rule(role, part, is_last_turn)``."""
+    def mask(tokenizer, messages):
+        pieces = _template_pieces(tokenizer, messages)
+        last = max((i for i, (_, role, _) in enumerate(pieces) if role == "assistant"), default=-1)
+        values = []
+        for i, (ids, role, part) in enumerate(pieces):
+            values += [int(rule(role, part, last - 2 <= i <= last))] * len(ids)
+        return torch.tensor(values, dtype=torch.long)
+
+    mask.__name__ = f"_loss_mask_{name}"
+    return mask
+
+
+def _loss_mask_exercise(tokenizer: Any = None) -> Exercise:
+    def tokenizer_to_use():
+        return _small_tokenizer() if tokenizer is None else _Named(tokenizer)
+
+    def draw(generator):
+        return {"tokenizer": tokenizer_to_use(), "messages": _draw_conversation(generator)}
+
+    def edges():
+        t = tokenizer_to_use()
+        return [
+            # one exchange, nothing else
+            {"tokenizer": t, "messages": [{"role": "user", "content": "Where does Alice live?"},
+                                          {"role": "assistant", "content": "Alice lives in Ashford."}]},
+            # a conversation that ends with the user's turn: nothing to learn, all zeros
+            {"tokenizer": t, "messages": [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Hi"}]},
+            # five exchanges
+            {"tokenizer": t, "messages": [m for _ in range(5) for m in (
+                {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "Glad to help."})]},
+        ]
+
+    return Exercise(
+        name="loss_mask",
+        reference="rlhf_kit.sft:loss_mask",
+        draw=draw,
+        edge_cases=edges,
+        mistakes=(
+            Mistake("loss_mask leaves out the <|end|> that closes each assistant turn: count it "
+                    "(it is the assistant's last token), or the model never learns to stop.",
+                    _mask_counting("without_end",
+                                   lambda role, part, last: role == "assistant" and part == "content")),
+            Mistake("loss_mask counts the <|assistant|> tag: the template writes the tag (it ends "
+                    "the prompt the model is given), so only the words after it and the closing "
+                    "<|end|> count.",
+                    _mask_counting("with_tag", lambda role, part, last: role == "assistant"),
+                    _mask_counting("with_tag_without_end",
+                                   lambda role, part, last: role == "assistant" and part != "end")),
+            Mistake("loss_mask counts every token: the system and user turns are context the model "
+                    "reads, not text it should learn to write, so they are 0.",
+                    _mask_counting("everything", lambda role, part, last: True)),
+            Mistake("loss_mask is inverted: 1 belongs on the assistant's words and its <|end|>, 0 "
+                    "on everything else.",
+                    _mask_counting("inverted",
+                                   lambda role, part, last: not (role == "assistant" and part != "tag"))),
+            Mistake("loss_mask counts only the last assistant turn: every assistant turn of a "
+                    "demonstration was written by a person, so every one counts.",
+                    _mask_counting("last_turn_only", lambda role, part, last: last and part != "tag")),
+        ),
+    )
+
+
+LOSS_MASK = _loss_mask_exercise()
+
+
+def check_loss_mask(fn: Callable[..., torch.Tensor], tokenizer: Any = None) -> None:
+    """Check ``fn(tokenizer, messages)`` against ``rlhf_kit.sft.loss_mask``.
+
+    Pass the notebook's ``tokenizer`` to check on it; without one a small tokenizer with the
+    kit's template is used.
+    """
+    __tracebackhide__ = True
+    (LOSS_MASK if tokenizer is None else _loss_mask_exercise(tokenizer)).check(fn)
+
+
+# -- the SFT loss --------------------------------------------------------------------------------
+
+
+def _draw_sft_loss(generator: torch.Generator) -> Inputs:
+    batch, time, vocab = draw_int(generator, 2, 4), draw_int(generator, 4, 12), draw_int(generator, 3, 30)
+    logits = torch.randn(batch, time, vocab, generator=generator) * 2
+    labels = torch.randint(vocab, (batch, time), generator=generator)
+    # Each row: a prompt of random length, then the assistant's tokens, then padding.
+    loss_mask = torch.zeros(batch, time, dtype=torch.long)
+    for row in range(batch):
+        start = draw_int(generator, 1, time - 2)
+        loss_mask[row, start : draw_int(generator, start + 1, time)] = 1
+    return {"logits": logits, "labels": labels, "loss_mask": loss_mask}
+
+
+def _sft_loss_edges() -> list[Inputs]:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 7, generator=generator)
+    labels = torch.randint(7, (2, 5), generator=generator)
     return [
-        # two completions: one pair
-        {"ranking": (1, 0), "ties": ()},
-        # two completions marked equally good: no pair, one tie dropped
-        {"ranking": (1, 0), "ties": ((0, 1),)},
-        # the tie (1, 3) joins 3 (ranked third) and 1 (last): written smaller index first
-        {"ranking": (2, 0, 3, 1), "ties": ((1, 3),)},
-        # a run of ties: 0 = 1 and 1 = 2, so 0 = 2 as well
-        {"ranking": (0, 1, 2, 3), "ties": ((0, 1), (1, 2))},
-        # nine completions, as many as InstructGPT's labelers ranked at once: 36 pairs
-        {"ranking": (8, 3, 5, 0, 7, 1, 6, 2, 4), "ties": ()},
+        # every token counts: the SFT loss is then the pretraining loss
+        {"logits": logits, "labels": labels, "loss_mask": torch.ones(2, 5, dtype=torch.long)},
+        # one row counts 4 tokens, the other 1: a mean over tokens, not over rows
+        {"logits": logits, "labels": labels,
+         "loss_mask": torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])},
+        # only the first token is marked, and it is never predicted: nothing counts, the loss is 0
+        {"logits": logits, "labels": labels,
+         "loss_mask": torch.tensor([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0]])},
     ]
 
 
-def _tie_groups_of(order: Sequence[int], ties: Sequence[tuple[int, int]]) -> dict[int, int]:
-    """Completion -> group: a completion tied with the one before it in ``order`` joins its group."""
-    tied = {frozenset(t) for t in ties}
-    group, number, previous = {}, -1, None
-    for c in order:
-        if previous is None or frozenset((previous, c)) not in tied:
-            number += 1
-        group[c], previous = number, c
-    return group
+def _masked_mean(nll, weights):
+    return (nll * weights).sum() / weights.sum().clamp(min=1)
 
 
-def _pairs_with(name: str, pairing: str = "all", ties_mode: str = "groups", places: bool = False,
-                flip: bool = False, count: bool = True, pairs_only: bool = False):
-    """A ``ranking_to_pairs`` that differs from the kit's in the ways named by its arguments."""
-    def ranking_to_pairs(ranking, ties):
-        order = tuple(sorted(range(len(ranking)), key=lambda i: ranking[i])) if places else tuple(ranking)
-        candidates = {
-            "all": list(combinations(order, 2)),
-            "adjacent": list(zip(order, order[1:])),
-            "best": [(order[0], c) for c in order[1:]],
-            "both_orders": [(a, b) for a in order for b in order if a != b],
-            "square": [(a, b) for a in order for b in order],
-        }[pairing]
-        group = _tie_groups_of(order, ties)
-        marked = {frozenset(t) for t in ties}
-        written = {tuple(t) for t in ties}
-        tied = {
-            "groups": lambda a, b: group[a] == group[b],
-            "direct": lambda a, b: frozenset((a, b)) in marked,
-            "one_way": lambda a, b: (a, b) in written,
-            "keep": lambda a, b: False,
-        }[ties_mode]
-        kept = [(b, a) if flip else (a, b) for a, b in candidates if not tied(a, b)]
-        if pairs_only:
-            return kept
-        return kept, (len(candidates) - len(kept) if count else 0)
-
-    ranking_to_pairs.__name__ = f"_pairs_{name}"
-    return ranking_to_pairs
+def _nll(logits, labels):
+    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T)
 
 
-RANKING_TO_PAIRS = DataExercise(
-    name="ranking_to_pairs",
-    reference="rlhf_kit.checks.lesson3:kit_ranking_pairs",
-    draw=_draw_pairs,
-    edge_cases=_pairs_edges,
-    normalise=_sorted_pairs,
+def _sft_loss_no_shift(logits, labels, loss_mask):
+    return _masked_mean(_nll(logits, labels), loss_mask.float())
+
+
+def _sft_loss_mask_not_shifted(logits, labels, loss_mask):
+    return _masked_mean(_nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, :-1].float())
+
+
+def _sft_loss_ignores_mask(logits, labels, loss_mask):
+    return _nll(logits[:, :-1], labels[:, 1:]).mean()
+
+
+def _sft_loss_divides_by_all(logits, labels, loss_mask):
+    nll = _nll(logits[:, :-1], labels[:, 1:])
+    return (nll * loss_mask[:, 1:]).sum() / nll.numel()
+
+
+def _sft_loss_per_row(logits, labels, loss_mask):
+    nll, weights = _nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, 1:].float()
+    return ((nll * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)).mean()
+
+
+def _sft_loss_sum(logits, labels, loss_mask):
+    return (_nll(logits[:, :-1], labels[:, 1:]) * loss_mask[:, 1:]).sum()
+
+
+def _sft_loss_nan_when_empty(logits, labels, loss_mask):
+    nll, weights = _nll(logits[:, :-1], labels[:, 1:]), loss_mask[:, 1:].float()
+    return (nll * weights).sum() / weights.sum()
+
+
+def _sft_loss_raw_logits(logits, labels, loss_mask):
+    picked = logits[:, :-1].gather(-1, labels[:, 1:, None]).squeeze(-1)
+    return _masked_mean(-picked, loss_mask[:, 1:].float())
+
+
+SFT_LOSS = Exercise(
+    name="sft_loss",
+    reference="rlhf_kit.sft:sft_loss",
+    grad_inputs=("logits",),
+    draw=_draw_sft_loss,
+    edge_cases=_sft_loss_edges,
     mistakes=(
-        Mistake("ranking_to_pairs returns only the pairs: return two values, the list of "
-                "(chosen, rejected) pairs and the number of tied pairs it dropped.",
-                _pairs_with("only", pairs_only=True)),
-        Mistake("ranking_to_pairs keeps the pairs marked as ties: two completions marked equally "
-                "good say nothing about which is better, so drop each tied pair and count it.",
-                _pairs_with("keeps_ties", ties_mode="keep")),
-        Mistake("ranking_to_pairs drops the tied pairs but does not count them: return how many "
-                "it dropped as the second value (pairs + dropped = K·(K-1)/2).",
-                _pairs_with("uncounted", count=False)),
-        Mistake("ranking_to_pairs makes a pair of every two completions in both orders (K² or "
-                "K·(K-1) pairs): each two completions give one pair, the one ranked higher "
-                "first, K·(K-1)/2 pairs in all.",
-                _pairs_with("square", pairing="square", ties_mode="keep"),
-                _pairs_with("both_orders", pairing="both_orders", ties_mode="keep"),
-                _pairs_with("both_orders_without_ties", pairing="both_orders")),
-        Mistake("ranking_to_pairs pairs only neighbours of the ranking: every completion beats "
-                "each one ranked below it, not only the next one, so make all K·(K-1)/2 pairs.",
-                _pairs_with("adjacent", pairing="adjacent")),
-        Mistake("ranking_to_pairs pairs only the best completion with the others: the second "
-                "best also beats the ones below it, and so on, so make all K·(K-1)/2 pairs.",
-                _pairs_with("best_only", pairing="best")),
-        Mistake("ranking_to_pairs puts the worse completion first: a pair is (chosen, rejected), "
-                "the completion ranked higher first.",
-                _pairs_with("flipped", flip=True)),
-        Mistake("ranking_to_pairs reads ranking[i] as the place of completion i: a ranking lists "
-                "completion indices best first, so ranking[0] is the best completion.",
-                _pairs_with("places", places=True)),
-        Mistake("ranking_to_pairs misses a tie when the completion ranked higher has the larger "
-                "index: a tie is written (i, j) with i < j whatever the ranking says, so look for "
-                "both (a, b) and (b, a).",
-                _pairs_with("ties_one_way", ties_mode="one_way")),
-        Mistake("ranking_to_pairs drops only the pairs marked as ties: in a run of ties (a = b "
-                "and b = c) a and c are equal too, so drop (a, c) as well.",
-                _pairs_with("ties_not_chained", ties_mode="direct")),
+        Mistake("sft_loss scores each position on the token it has just read (no shift): "
+                "position t predicts token t+1, so use logits[:, :-1] with labels[:, 1:] and "
+                "loss_mask[:, 1:].",
+                _sft_loss_no_shift),
+        Mistake("sft_loss shifts the logits and labels but not the mask: a prediction counts "
+                "when the token it predicts is the assistant's, so use loss_mask[:, 1:], the "
+                "mask of labels[:, 1:].",
+                _sft_loss_mask_not_shifted),
+        Mistake("sft_loss ignores the mask and averages over every token: multiply the "
+                "per-token losses by the mask so that system and user tokens add nothing.",
+                _sft_loss_ignores_mask),
+        Mistake("sft_loss divides by every position, masked ones included: divide by the "
+                "number of counted tokens (the sum of the shifted mask).",
+                _sft_loss_divides_by_all),
+        Mistake("sft_loss averages each row first and then the rows: average over all counted "
+                "tokens of the batch at once, as TRL does, so that a long answer weighs more "
+                "than a short one.",
+                _sft_loss_per_row),
+        Mistake("sft_loss adds up the counted losses instead of averaging them: divide by the "
+                "number of counted tokens.",
+                _sft_loss_sum),
+        Mistake("sft_loss returns nan when no token counts (0 / 0): divide by the count "
+                "clamped to at least 1, so that such a batch gives a loss of 0.",
+                _sft_loss_nan_when_empty),
+        Mistake("sft_loss uses the raw logits as log-probabilities: take log_softmax over the "
+                "vocabulary first (F.cross_entropy does it for you).",
+                _sft_loss_raw_logits),
     ),
 )
 
 
-def check_ranking_to_pairs(fn: Callable[..., tuple]) -> None:
-    """Check ``fn(ranking, ties)`` against ``rlhf_kit.feedback.ranking_pairs``."""
+def check_sft_loss(fn: Callable[..., torch.Tensor]) -> None:
+    """Check ``fn(logits, labels, loss_mask)`` against ``rlhf_kit.sft.sft_loss``."""
     __tracebackhide__ = True
-    RANKING_TO_PAIRS.check(fn)
+    SFT_LOSS.check(fn)
 
 
-# -- agreement between two labelers --------------------------------------------------------------
+# -- the chat template by hand -------------------------------------------------------------------
 
 
-def _second_opinion(generator: torch.Generator, ranking: tuple[int, ...]) -> tuple[tuple[int, ...], tuple]:
-    """Another labeler's ranking of the same completions: mostly alike, as people's are."""
-    if float(torch.rand((), generator=generator)) < 0.2:  # sometimes a different view altogether
-        return _draw_ranking_with_ties(generator, len(ranking))
-    order = list(ranking)
-    for p in range(len(order) - 1):  # swap some neighbours
-        if float(torch.rand((), generator=generator)) < 0.3:
-            order[p], order[p + 1] = order[p + 1], order[p]
-    return tuple(order), _draw_ties(generator, tuple(order), share=0.2)
+def kit_chat_format(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The reference for ``format_chat``: the kit's chat template, rendered by a tokenizer."""
+    return _small_tokenizer().apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
 
 
-def _draw_agreement(generator: torch.Generator) -> Inputs:
-    first, second = [], []
-    for _ in range(draw_int(generator, 1, 5)):
-        ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 7))
-        first.append((ranking, ties))
-        second.append(_second_opinion(generator, ranking))
-    return {"first": tuple(first), "second": tuple(second)}
+def _draw_format(generator: torch.Generator) -> Inputs:
+    prompt = float(torch.rand((), generator=generator)) < 0.5  # a prompt waiting for a reply
+    messages = _draw_conversation(generator, ends_with_assistant=not prompt)
+    return {"messages": messages, "add_generation_prompt": prompt}
 
 
-def _agreement_edges() -> list[Inputs]:
+def _format_edges() -> list[Inputs]:
+    exchange = [{"role": "user", "content": "Where does Alice live?"},
+                {"role": "assistant", "content": "Alice lives in Ashford."}]
     return [
-        # the same rankings: they agree on every pair
-        {"first": (((2, 0, 1), ()), ((1, 0), ())), "second": (((2, 0, 1), ()), ((1, 0), ()))},
-        # opposite rankings: they agree on none
-        {"first": (((0, 1, 2, 3), ()),), "second": (((3, 2, 1, 0), ()),)},
-        # a tie by both (agreement), a tie by one only (disagreement)
-        {"first": (((0, 1, 2), ((0, 1),)), ((3, 0, 2, 1), ((0, 3),))),
-         "second": (((1, 0, 2), ((0, 1),)), ((3, 0, 2, 1), ()))},
-        # a ranking of 9 (36 pairs) and one of 2 (1 pair): every pair counts once
-        {"first": (((0, 1, 2, 3, 4, 5, 6, 7, 8), ()), ((0, 1), ())),
-         "second": (((1, 0, 2, 3, 4, 5, 6, 8, 7), ()), ((1, 0), ()))},
+        # a whole conversation, asked for a generation prompt anyway
+        {"messages": exchange, "add_generation_prompt": True},
+        # a system message alone
+        {"messages": [{"role": "system", "content": "Be brief."}], "add_generation_prompt": False},
     ]
 
 
-def _relations(ranking: Sequence[int], ties: Sequence[tuple[int, int]], square: bool = False) -> dict:
-    """(i, j) -> +1 if i is above j, -1 if below, 0 if tied; pairs i < j (or all i, j)."""
-    group, place = _tie_groups_of(ranking, ties), {c: p for p, c in enumerate(ranking)}
-    k = len(ranking)
-    pairs = [(i, j) for i in range(k) for j in range(k)] if square else list(combinations(range(k), 2))
-    return {(i, j): 0 if group[i] == group[j] else (1 if place[i] < place[j] else -1) for i, j in pairs}
+def _format_with(name: str, separator: str = "", end_assistant: bool = True, prompt: str | None = None):
+    """A hand-written template that differs from the kit's in one way."""
+    def format_chat(messages, add_generation_prompt=False):
+        text = ""
+        for m in messages:
+            end = "<|end|>" if end_assistant or m["role"] != "assistant" else ""
+            text += f"<|{m['role']}|>{m['content']}{end}{separator}"
+        wanted = add_generation_prompt if prompt is None else prompt == "always"
+        return text + ("<|assistant|>" if wanted else "")
+
+    format_chat.__name__ = f"_format_chat_{name}"
+    return format_chat
 
 
-def _agreement_counts(first, second, square=False, ignore_ties=False) -> list[tuple[int, int]]:
-    """(pairs ordered alike, pairs) for each completion set."""
-    counts = []
-    for (r1, t1), (r2, t2) in zip(first, second):
-        a = _relations(r1, () if ignore_ties else t1, square)
-        b = _relations(r2, () if ignore_ties else t2, square)
-        counts.append((sum(a[p] == b[p] for p in a), len(a)))
-    return counts
-
-
-def _pooled(counts):
-    return sum(s for s, _ in counts) / sum(n for _, n in counts)
-
-
-def _agreement_with_itself(first, second):
-    return _pooled(_agreement_counts(first, first))
-
-
-def _agreement_second_with_itself(first, second):
-    return _pooled(_agreement_counts(second, second))
-
-
-def _agreement_whole_rankings(first, second):
-    same = [r1 == r2 and sorted(t1) == sorted(t2) for (r1, t1), (r2, t2) in zip(first, second)]
-    return sum(same) / len(same)
-
-
-def _agreement_positions(first, second):
-    same = [a == b for (r1, _), (r2, _) in zip(first, second) for a, b in zip(r1, r2)]
-    return sum(same) / len(same)
-
-
-def _agreement_ignores_ties(first, second):
-    return _pooled(_agreement_counts(first, second, ignore_ties=True))
-
-
-def _agreement_mean_of_sets(first, second):
-    counts = _agreement_counts(first, second)
-    return sum(s / n for s, n in counts) / len(counts)
-
-
-def _agreement_square(first, second):
-    return _pooled(_agreement_counts(first, second, square=True))
-
-
-def _agreement_count(first, second):
-    return sum(s for s, _ in _agreement_counts(first, second))
-
-
-AGREEMENT_RATE = DataExercise(
-    name="agreement_rate",
-    reference="rlhf_kit.feedback:agreement",
-    draw=_draw_agreement,
-    edge_cases=_agreement_edges,
+FORMAT_CHAT = TextExercise(
+    name="format_chat",
+    reference="rlhf_kit.checks.lesson3:kit_chat_format",
+    draw=_draw_format,
+    edge_cases=_format_edges,
+    trials=12,
     mistakes=(
-        Mistake("agreement_rate compares a labeler's rankings with themselves, which always "
-                "agree: compare first[n] with second[n], the two labelers' rankings of the same "
-                "completions.",
-                _agreement_with_itself, _agreement_second_with_itself),
-        Mistake("agreement_rate counts the completion sets ranked identically: compare pair by "
-                "pair, since two rankings of 4 that swap one neighbour still agree on 5 of their 6 "
-                "pairs.",
-                _agreement_whole_rankings),
-        Mistake("agreement_rate compares places (the same completion at the same place): compare "
-                "pairs, whether both labelers put i above j, j above i, or tie them.",
-                _agreement_positions),
-        Mistake("agreement_rate ignores the ties: a pair both labelers tied is an agreement, and "
-                "a pair one tied and the other ordered is a disagreement.",
-                _agreement_ignores_ties),
-        Mistake("agreement_rate averages the rate of each completion set: pool the pairs of all "
-                "sets, so that a ranking of 9 (36 pairs) counts more than a ranking of 2 (1 pair).",
-                _agreement_mean_of_sets),
-        Mistake("agreement_rate counts K² pairs per ranking, each completion with itself too: "
-                "use the K·(K-1)/2 pairs i < j.",
-                _agreement_square),
-        Mistake("agreement_rate returns how many pairs agree: divide by the number of pairs to "
-                "get a share between 0 and 1.",
-                _agreement_count),
+        Mistake("format_chat puts a line break after each turn: the template's {%- and -%} "
+                "strip the whitespace around its tags, so each turn follows the previous one "
+                "directly.",
+                _format_with("line_breaks", separator="\n")),
+        Mistake("format_chat leaves out the <|end|> after the assistant's turns: every turn, "
+                "the assistant's included, ends with <|end|>.",
+                _format_with("without_end", end_assistant=False)),
+        Mistake("format_chat ignores add_generation_prompt: when it is True, end with "
+                "<|assistant|> (the cue for the model to reply), and only then.",
+                _format_with("never_prompts", prompt="never"),
+                _format_with("always_prompts", prompt="always")),
     ),
 )
 
 
-def check_agreement_rate(fn: Callable[..., float]) -> None:
-    """Check ``fn(first, second)`` against ``rlhf_kit.feedback.agreement``."""
+def check_format_chat(fn: Callable[..., str]) -> None:
+    """Check ``fn(messages, add_generation_prompt)`` against the kit's chat template."""
     __tracebackhide__ = True
-    AGREEMENT_RATE.check(fn)
+    FORMAT_CHAT.check(fn)
 
 
-LESSON_EXERCISES = (RANKING_TO_PAIRS, AGREEMENT_RATE)
+LESSON_EXERCISES = (LOSS_MASK, SFT_LOSS, FORMAT_CHAT)
 """This lesson's exercises, in the order its notebook asks for them."""

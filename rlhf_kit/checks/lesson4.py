@@ -1,297 +1,302 @@
-"""Lesson 4 (the reward model): the checks of ``bradley_terry_loss``, ``ranking_loss`` (the loss of
-one whole ranking) and ``pairwise_accuracy``, against ``rlhf_kit.reward``.
+"""Lesson 4 (human feedback): the checks of ``ranking_to_pairs`` (a labeler's ranking, ties
+included, as the (chosen, rejected) pairs a reward model learns from) and ``agreement_rate`` (how
+often two labelers order a pair alike), against ``rlhf_kit.feedback``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .framework import Exercise, Inputs, Mistake
-
-
-# Scores are drawn at scales from 0.5 to 4, so that a wrong sign, a missing log or a missing
-# mean all show; the edge cases hold equal scores (the loss is ln 2), margins of 200 (σ(-200) is
-# 0 in float32, so log(σ(·)) overflows where logsigmoid does not) and, for the accuracy, ties.
+from .framework import DataExercise, Inputs, Mistake, draw_int
 
 
-def _scores(generator: torch.Generator, n: int) -> torch.Tensor:
-    scale = 0.5 + 3.5 * float(torch.rand((), generator=generator))
-    return torch.randn(n, generator=generator) * scale
+# The answers here are plain Python data (pairs of indices, counts, a share), not tensors, and
+# the inputs are tuples, so that no function can change them in place. A ranking lists completion
+# indices best first; ties are pairs (i, j) with i < j joining two neighbours of the ranking, as
+# ``feedback.Ranking`` stores them. Rankings have 2 to 9 completions, as InstructGPT's had 4 to 9.
 
 
-def _draw_bradley_terry(generator: torch.Generator) -> Inputs:
-    batch = int(torch.randint(1, 9, (), generator=generator))
-    chosen, rejected = _scores(generator, batch), _scores(generator, batch)
-    weights = None
-    if float(torch.rand((), generator=generator)) < 0.6:  # weights 1/C(K,2) of rankings of 2 to 9
-        k = torch.randint(2, 10, (batch,), generator=generator).float()
-        weights = 2.0 / (k * (k - 1))
-    return {"chosen_scores": chosen, "rejected_scores": rejected, "weights": weights}
+def _draw_ties(generator: torch.Generator, ranking: tuple[int, ...], share: float = 0.3) -> tuple:
+    """Some neighbours of ``ranking`` marked as ties, each written (i, j) with i < j."""
+    return tuple(sorted((min(a, b), max(a, b)) for a, b in zip(ranking, ranking[1:])
+                        if float(torch.rand((), generator=generator)) < share))
 
 
-def _bradley_terry_edges() -> list[Inputs]:
-    return [
-        # equal scores: a coin flip, the loss is ln 2
-        {"chosen_scores": torch.tensor([0.5, -1.0, 2.0]), "rejected_scores": torch.tensor([0.5, -1.0, 2.0]),
-         "weights": None},
-        # margins of ±200: σ(-200) is 0 in float32, and log(0) is -inf
-        {"chosen_scores": torch.tensor([-100.0, 100.0, 1.0]),
-         "rejected_scores": torch.tensor([100.0, -100.0, 0.0]),
-         "weights": torch.tensor([0.5, 0.25, 0.25])},
-        # one pair of a ranking of 9 and six of a ranking of 4: each ranking counts once
-        {"chosen_scores": torch.tensor([0.3, 1.2, -0.4, 0.9, 2.0, -1.5, 0.1]),
-         "rejected_scores": torch.tensor([-0.2, 0.4, -1.0, 1.5, 0.3, -0.5, 0.6]),
-         "weights": torch.tensor([1 / 36] + [1 / 6] * 6)},
-    ]
+def _draw_ranking_with_ties(generator: torch.Generator, k: int) -> tuple[tuple[int, ...], tuple]:
+    ranking = tuple(torch.randperm(k, generator=generator).tolist())
+    return ranking, _draw_ties(generator, ranking)
 
 
-def _bt_reduce(losses, weights):
-    return losses.mean() if weights is None else (weights * losses).sum() / weights.sum()
+# -- rankings to pairs ---------------------------------------------------------------------------
 
 
-def _bt_reversed(chosen_scores, rejected_scores, weights=None):
-    return _bt_reduce(-F.logsigmoid(rejected_scores - chosen_scores), weights)
+def kit_ranking_pairs(ranking: Sequence[int], ties: Sequence[tuple[int, int]] = ()) -> tuple[list, int]:
+    """The reference for ``ranking_to_pairs``: ``feedback.ranking_pairs`` of a bare ranking."""
+    from ..feedback import Ranking, ranking_pairs
+
+    record = Ranking("prompt", tuple(f"completion {i}" for i in range(len(ranking))),
+                     tuple(ranking), tuple(tuple(t) for t in ties))
+    return ranking_pairs(record)
 
 
-def _bt_no_minus(chosen_scores, rejected_scores, weights=None):
-    return _bt_reduce(F.logsigmoid(chosen_scores - rejected_scores), weights)
+def _sorted_pairs(result: Any) -> Any:
+    """(pairs, dropped) with the pairs as sorted tuples: any order of the pairs is right."""
+    try:
+        pairs, dropped = result
+        return sorted(tuple(pair) for pair in pairs), dropped
+    except (TypeError, ValueError):  # not two values, or not pairs: compared as it is
+        return result
 
 
-def _bt_no_log(chosen_scores, rejected_scores, weights=None):
-    return _bt_reduce(-torch.sigmoid(chosen_scores - rejected_scores), weights)
+def _draw_pairs(generator: torch.Generator) -> Inputs:
+    ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 9))
+    return {"ranking": ranking, "ties": ties}
 
 
-def _bt_probability(chosen_scores, rejected_scores, weights=None):
-    return _bt_reduce(torch.sigmoid(chosen_scores - rejected_scores), weights)
-
-
-def _bt_unstable(chosen_scores, rejected_scores, weights=None):
-    return _bt_reduce(-torch.log(torch.sigmoid(chosen_scores - rejected_scores)), weights)
-
-
-def _bt_ignores_weights(chosen_scores, rejected_scores, weights=None):
-    return -F.logsigmoid(chosen_scores - rejected_scores).mean()
-
-
-def _bt_divides_by_count(chosen_scores, rejected_scores, weights=None):
-    losses = -F.logsigmoid(chosen_scores - rejected_scores)
-    return losses.mean() if weights is None else (weights * losses).mean()
-
-
-def _bt_sum(chosen_scores, rejected_scores, weights=None):
-    losses = -F.logsigmoid(chosen_scores - rejected_scores)
-    return losses.sum() if weights is None else (weights * losses).sum()
-
-
-BRADLEY_TERRY_LOSS = Exercise(
-    name="bradley_terry_loss",
-    reference="rlhf_kit.reward:bradley_terry_loss",
-    grad_inputs=("chosen_scores", "rejected_scores"),
-    draw=_draw_bradley_terry,
-    edge_cases=_bradley_terry_edges,
-    mistakes=(
-        Mistake("bradley_terry_loss rewards the rejected side: the loss is -log σ(r_chosen - "
-                "r_rejected), chosen minus rejected, so that it falls as the chosen side pulls ahead.",
-                _bt_reversed),
-        Mistake("bradley_terry_loss returns the log-likelihood, not the loss: put a minus sign "
-                "in front, -log σ(r_chosen - r_rejected), so that training minimises it.",
-                _bt_no_minus),
-        Mistake("bradley_terry_loss leaves out the log: the loss is -log σ(r_chosen - "
-                "r_rejected), the negative log-probability of the person's choice.",
-                _bt_no_log),
-        Mistake("bradley_terry_loss returns the probability of the person's choice, σ(r_chosen - "
-                "r_rejected), which training would push down: the loss is its negative log, "
-                "-log σ(r_chosen - r_rejected).",
-                _bt_probability),
-        Mistake("bradley_terry_loss overflows when a rejected score is far above its chosen "
-                "one: σ(-200) is 0 in float32 and log(0) is -inf; use F.logsigmoid, which "
-                "computes log σ(x) without forming σ(x).",
-                _bt_unstable),
-        Mistake("bradley_terry_loss ignores the weights: multiply each pair's loss by its "
-                "weight, then divide by the sum of the weights (with weights=None, take the mean).",
-                _bt_ignores_weights),
-        Mistake("bradley_terry_loss divides the weighted losses by the number of pairs: divide "
-                "by the sum of the weights, so that every ranking in the batch counts once.",
-                _bt_divides_by_count),
-        Mistake("bradley_terry_loss adds the losses up instead of averaging them: divide by the "
-                "sum of the weights (or take the mean), so the loss does not grow with the batch.",
-                _bt_sum),
-    ),
-)
-
-
-def check_bradley_terry_loss(fn: Callable[..., torch.Tensor]) -> None:
-    """Check ``fn(chosen_scores, rejected_scores, weights)`` against
-    ``rlhf_kit.reward.bradley_terry_loss``."""
-    __tracebackhide__ = True
-    BRADLEY_TERRY_LOSS.check(fn)
-
-
-def _draw_ranking(generator: torch.Generator) -> Inputs:
-    k = int(torch.randint(3, 10, (), generator=generator))
-    return {"scores": _scores(generator, k), "ranking": torch.randperm(k, generator=generator)}
-
-
-def _ranking_edges() -> list[Inputs]:
+def _pairs_edges() -> list[Inputs]:
     return [
         # two completions: one pair
-        {"scores": torch.tensor([0.2, 1.5]), "ranking": torch.tensor([1, 0])},
-        # equal scores: every pair is a coin flip, the loss is ln 2
-        {"scores": torch.full((5,), 0.7), "ranking": torch.tensor([3, 0, 4, 1, 2])},
-        # the best completion scored 200 below the worst: log(σ(-200)) overflows
-        {"scores": torch.tensor([100.0, 0.0, -100.0, 5.0]), "ranking": torch.tensor([2, 3, 1, 0])},
+        {"ranking": (1, 0), "ties": ()},
+        # two completions marked equally good: no pair, one tie dropped
+        {"ranking": (1, 0), "ties": ((0, 1),)},
+        # the tie (1, 3) joins 3 (ranked third) and 1 (last): written smaller index first
+        {"ranking": (2, 0, 3, 1), "ties": ((1, 3),)},
+        # a run of ties: 0 = 1 and 1 = 2, so 0 = 2 as well
+        {"ranking": (0, 1, 2, 3), "ties": ((0, 1), (1, 2))},
+        # nine completions, as many as InstructGPT's labelers ranked at once: 36 pairs
+        {"ranking": (8, 3, 5, 0, 7, 1, 6, 2, 4), "ties": ()},
     ]
 
 
-def _ranked_pairs(ordered):
-    better, worse = torch.triu_indices(len(ordered), len(ordered), offset=1)
-    return ordered[better], ordered[worse]
+def _tie_groups_of(order: Sequence[int], ties: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Completion -> group: a completion tied with the one before it in ``order`` joins its group."""
+    tied = {frozenset(t) for t in ties}
+    group, number, previous = {}, -1, None
+    for c in order:
+        if previous is None or frozenset((previous, c)) not in tied:
+            number += 1
+        group[c], previous = number, c
+    return group
 
 
-def _rank_loss_of(ordered, log_sigmoid=F.logsigmoid, reduce=torch.mean):
-    better, worse = _ranked_pairs(ordered)
-    return reduce(-log_sigmoid(better - worse))
+def _pairs_with(name: str, pairing: str = "all", ties_mode: str = "groups", places: bool = False,
+                flip: bool = False, count: bool = True, pairs_only: bool = False):
+    """A ``ranking_to_pairs`` that differs from the kit's in the ways named by its arguments."""
+    def ranking_to_pairs(ranking, ties):
+        order = tuple(sorted(range(len(ranking)), key=lambda i: ranking[i])) if places else tuple(ranking)
+        candidates = {
+            "all": list(combinations(order, 2)),
+            "adjacent": list(zip(order, order[1:])),
+            "best": [(order[0], c) for c in order[1:]],
+            "both_orders": [(a, b) for a in order for b in order if a != b],
+            "square": [(a, b) for a in order for b in order],
+        }[pairing]
+        group = _tie_groups_of(order, ties)
+        marked = {frozenset(t) for t in ties}
+        written = {tuple(t) for t in ties}
+        tied = {
+            "groups": lambda a, b: group[a] == group[b],
+            "direct": lambda a, b: frozenset((a, b)) in marked,
+            "one_way": lambda a, b: (a, b) in written,
+            "keep": lambda a, b: False,
+        }[ties_mode]
+        kept = [(b, a) if flip else (a, b) for a, b in candidates if not tied(a, b)]
+        if pairs_only:
+            return kept
+        return kept, (len(candidates) - len(kept) if count else 0)
+
+    ranking_to_pairs.__name__ = f"_pairs_{name}"
+    return ranking_to_pairs
 
 
-def _ranking_adjacent(scores, ranking):
-    ordered = scores[ranking]
-    return -F.logsigmoid(ordered[:-1] - ordered[1:]).mean()
-
-
-def _ranking_best_only(scores, ranking):
-    ordered = scores[ranking]
-    return -F.logsigmoid(ordered[0] - ordered[1:]).mean()
-
-
-def _ranking_sum(scores, ranking):
-    return _rank_loss_of(scores[ranking], reduce=torch.sum)
-
-
-def _ranking_backwards(scores, ranking):
-    return _rank_loss_of(scores[ranking.flip(0)])
-
-
-def _ranking_as_places(scores, ranking):
-    return _rank_loss_of(scores[torch.argsort(ranking)])
-
-
-def _ranking_ignored(scores, ranking):
-    return _rank_loss_of(scores)
-
-
-def _ranking_unstable(scores, ranking):
-    return _rank_loss_of(scores[ranking], log_sigmoid=lambda x: torch.log(torch.sigmoid(x)))
-
-
-RANKING_LOSS = Exercise(
-    name="ranking_loss",
-    reference="rlhf_kit.reward:ranking_loss",
-    grad_inputs=("scores",),
-    draw=_draw_ranking,
-    edge_cases=_ranking_edges,
+RANKING_TO_PAIRS = DataExercise(
+    name="ranking_to_pairs",
+    reference="rlhf_kit.checks.lesson4:kit_ranking_pairs",
+    draw=_draw_pairs,
+    edge_cases=_pairs_edges,
+    normalise=_sorted_pairs,
     mistakes=(
-        Mistake("ranking_loss compares only neighbours of the ranking: every completion beats "
-                "every one ranked below it, so use all K·(K-1)/2 pairs.",
-                _ranking_adjacent),
-        Mistake("ranking_loss compares only the best completion with the others: every "
-                "completion also beats the ones ranked below it, so use all K·(K-1)/2 pairs.",
-                _ranking_best_only),
-        Mistake("ranking_loss adds up the pair losses instead of averaging them: divide by "
-                "K·(K-1)/2, so that a ranking of 9 does not weigh six times a ranking of 4.",
-                _ranking_sum),
-        Mistake("ranking_loss reads the ranking backwards: it lists completion indices best "
-                "first, so ranking[0] is the one that beats all the others.",
-                _ranking_backwards),
-        Mistake("ranking_loss reads ranking[i] as the place of completion i: it is the other "
-                "way round, ranking[0] is the index of the best completion, so order the scores "
-                "with scores[ranking].",
-                _ranking_as_places),
-        Mistake("ranking_loss ignores the ranking and pairs the scores in index order: order "
-                "them best first with scores[ranking] before pairing.",
-                _ranking_ignored),
-        Mistake("ranking_loss overflows when a better completion scores far below a worse one: "
-                "σ(-200) is 0 in float32 and log(0) is -inf; use F.logsigmoid.",
-                _ranking_unstable),
+        Mistake("ranking_to_pairs returns only the pairs: return two values, the list of "
+                "(chosen, rejected) pairs and the number of tied pairs it dropped.",
+                _pairs_with("only", pairs_only=True)),
+        Mistake("ranking_to_pairs keeps the pairs marked as ties: two completions marked equally "
+                "good say nothing about which is better, so drop each tied pair and count it.",
+                _pairs_with("keeps_ties", ties_mode="keep")),
+        Mistake("ranking_to_pairs drops the tied pairs but does not count them: return how many "
+                "it dropped as the second value (pairs + dropped = K·(K-1)/2).",
+                _pairs_with("uncounted", count=False)),
+        Mistake("ranking_to_pairs makes a pair of every two completions in both orders (K² or "
+                "K·(K-1) pairs): each two completions give one pair, the one ranked higher "
+                "first, K·(K-1)/2 pairs in all.",
+                _pairs_with("square", pairing="square", ties_mode="keep"),
+                _pairs_with("both_orders", pairing="both_orders", ties_mode="keep"),
+                _pairs_with("both_orders_without_ties", pairing="both_orders")),
+        Mistake("ranking_to_pairs pairs only neighbours of the ranking: every completion beats "
+                "each one ranked below it, not only the next one, so make all K·(K-1)/2 pairs.",
+                _pairs_with("adjacent", pairing="adjacent")),
+        Mistake("ranking_to_pairs pairs only the best completion with the others: the second "
+                "best also beats the ones below it, and so on, so make all K·(K-1)/2 pairs.",
+                _pairs_with("best_only", pairing="best")),
+        Mistake("ranking_to_pairs puts the worse completion first: a pair is (chosen, rejected), "
+                "the completion ranked higher first.",
+                _pairs_with("flipped", flip=True)),
+        Mistake("ranking_to_pairs reads ranking[i] as the place of completion i: a ranking lists "
+                "completion indices best first, so ranking[0] is the best completion.",
+                _pairs_with("places", places=True)),
+        Mistake("ranking_to_pairs misses a tie when the completion ranked higher has the larger "
+                "index: a tie is written (i, j) with i < j whatever the ranking says, so look for "
+                "both (a, b) and (b, a).",
+                _pairs_with("ties_one_way", ties_mode="one_way")),
+        Mistake("ranking_to_pairs drops only the pairs marked as ties: in a run of ties (a = b "
+                "and b = c) a and c are equal too, so drop (a, c) as well.",
+                _pairs_with("ties_not_chained", ties_mode="direct")),
     ),
 )
 
 
-def check_ranking_loss(fn: Callable[..., torch.Tensor]) -> None:
-    """Check ``fn(scores, ranking)`` against ``rlhf_kit.reward.ranking_loss``."""
+def check_ranking_to_pairs(fn: Callable[..., tuple]) -> None:
+    """Check ``fn(ranking, ties)`` against ``rlhf_kit.feedback.ranking_pairs``."""
     __tracebackhide__ = True
-    RANKING_LOSS.check(fn)
+    RANKING_TO_PAIRS.check(fn)
 
 
-def _draw_accuracy(generator: torch.Generator) -> Inputs:
-    batch = int(torch.randint(2, 17, (), generator=generator))
-    if float(torch.rand((), generator=generator)) < 0.5:  # whole-number scores: some pairs tie
-        chosen = torch.randint(-2, 3, (batch,), generator=generator).float()
-        rejected = torch.randint(-2, 3, (batch,), generator=generator).float()
-        rejected[0] = chosen[0]  # at least one tie
-    else:
-        chosen, rejected = _scores(generator, batch), _scores(generator, batch)
-    return {"chosen_scores": chosen, "rejected_scores": rejected}
+# -- agreement between two labelers --------------------------------------------------------------
 
 
-def _accuracy_edges() -> list[Inputs]:
+def _second_opinion(generator: torch.Generator, ranking: tuple[int, ...]) -> tuple[tuple[int, ...], tuple]:
+    """Another labeler's ranking of the same completions: mostly alike, as people's are."""
+    if float(torch.rand((), generator=generator)) < 0.2:  # sometimes a different view altogether
+        return _draw_ranking_with_ties(generator, len(ranking))
+    order = list(ranking)
+    for p in range(len(order) - 1):  # swap some neighbours
+        if float(torch.rand((), generator=generator)) < 0.3:
+            order[p], order[p + 1] = order[p + 1], order[p]
+    return tuple(order), _draw_ties(generator, tuple(order), share=0.2)
+
+
+def _draw_agreement(generator: torch.Generator) -> Inputs:
+    first, second = [], []
+    for _ in range(draw_int(generator, 1, 5)):
+        ranking, ties = _draw_ranking_with_ties(generator, draw_int(generator, 2, 7))
+        first.append((ranking, ties))
+        second.append(_second_opinion(generator, ranking))
+    return {"first": tuple(first), "second": tuple(second)}
+
+
+def _agreement_edges() -> list[Inputs]:
     return [
-        # every pair tied: nothing is told apart
-        {"chosen_scores": torch.tensor([1.0, -0.5, 0.0]), "rejected_scores": torch.tensor([1.0, -0.5, 0.0])},
-        # one pair, right
-        {"chosen_scores": torch.tensor([0.3]), "rejected_scores": torch.tensor([-0.3])},
-        # all right but one tie
-        {"chosen_scores": torch.tensor([2.0, 1.0, 0.5, 3.0]),
-         "rejected_scores": torch.tensor([1.0, 0.0, 0.5, -1.0])},
+        # the same rankings: they agree on every pair
+        {"first": (((2, 0, 1), ()), ((1, 0), ())), "second": (((2, 0, 1), ()), ((1, 0), ()))},
+        # opposite rankings: they agree on none
+        {"first": (((0, 1, 2, 3), ()),), "second": (((3, 2, 1, 0), ()),)},
+        # a tie by both (agreement), a tie by one only (disagreement)
+        {"first": (((0, 1, 2), ((0, 1),)), ((3, 0, 2, 1), ((0, 3),))),
+         "second": (((1, 0, 2), ((0, 1),)), ((3, 0, 2, 1), ()))},
+        # a ranking of 9 (36 pairs) and one of 2 (1 pair): every pair counts once
+        {"first": (((0, 1, 2, 3, 4, 5, 6, 7, 8), ()), ((0, 1), ())),
+         "second": (((1, 0, 2, 3, 4, 5, 6, 8, 7), ()), ((1, 0), ()))},
     ]
 
 
-def _accuracy_ties_count(chosen_scores, rejected_scores):
-    return (chosen_scores >= rejected_scores).float().mean()
+def _relations(ranking: Sequence[int], ties: Sequence[tuple[int, int]], square: bool = False) -> dict:
+    """(i, j) -> +1 if i is above j, -1 if below, 0 if tied; pairs i < j (or all i, j)."""
+    group, place = _tie_groups_of(ranking, ties), {c: p for p, c in enumerate(ranking)}
+    k = len(ranking)
+    pairs = [(i, j) for i in range(k) for j in range(k)] if square else list(combinations(range(k), 2))
+    return {(i, j): 0 if group[i] == group[j] else (1 if place[i] < place[j] else -1) for i, j in pairs}
 
 
-def _accuracy_reversed(chosen_scores, rejected_scores):
-    return (chosen_scores < rejected_scores).float().mean()
+def _agreement_counts(first, second, square=False, ignore_ties=False) -> list[tuple[int, int]]:
+    """(pairs ordered alike, pairs) for each completion set."""
+    counts = []
+    for (r1, t1), (r2, t2) in zip(first, second):
+        a = _relations(r1, () if ignore_ties else t1, square)
+        b = _relations(r2, () if ignore_ties else t2, square)
+        counts.append((sum(a[p] == b[p] for p in a), len(a)))
+    return counts
 
 
-def _accuracy_count(chosen_scores, rejected_scores):
-    return (chosen_scores > rejected_scores).float().sum()
+def _pooled(counts):
+    return sum(s for s, _ in counts) / sum(n for _, n in counts)
 
 
-def _accuracy_half_ties(chosen_scores, rejected_scores):
-    return ((chosen_scores > rejected_scores).float()
-            + 0.5 * (chosen_scores == rejected_scores).float()).mean()
+def _agreement_with_itself(first, second):
+    return _pooled(_agreement_counts(first, first))
 
 
-PAIRWISE_ACCURACY = Exercise(
-    name="pairwise_accuracy",
-    reference="rlhf_kit.reward:pairwise_accuracy",
-    draw=_draw_accuracy,
-    edge_cases=_accuracy_edges,
+def _agreement_second_with_itself(first, second):
+    return _pooled(_agreement_counts(second, second))
+
+
+def _agreement_whole_rankings(first, second):
+    same = [r1 == r2 and sorted(t1) == sorted(t2) for (r1, t1), (r2, t2) in zip(first, second)]
+    return sum(same) / len(same)
+
+
+def _agreement_positions(first, second):
+    same = [a == b for (r1, _), (r2, _) in zip(first, second) for a, b in zip(r1, r2)]
+    return sum(same) / len(same)
+
+
+def _agreement_ignores_ties(first, second):
+    return _pooled(_agreement_counts(first, second, ignore_ties=True))
+
+
+def _agreement_mean_of_sets(first, second):
+    counts = _agreement_counts(first, second)
+    return sum(s / n for s, n in counts) / len(counts)
+
+
+def _agreement_square(first, second):
+    return _pooled(_agreement_counts(first, second, square=True))
+
+
+def _agreement_count(first, second):
+    return sum(s for s, _ in _agreement_counts(first, second))
+
+
+AGREEMENT_RATE = DataExercise(
+    name="agreement_rate",
+    reference="rlhf_kit.feedback:agreement",
+    draw=_draw_agreement,
+    edge_cases=_agreement_edges,
     mistakes=(
-        Mistake("pairwise_accuracy counts a tie as a success: use >, since a model that gives "
-                "both sides the same score has not told them apart.",
-                _accuracy_ties_count),
-        Mistake("pairwise_accuracy counts the pairs where the rejected side scores higher: a "
-                "pair is right when chosen_scores > rejected_scores.",
-                _accuracy_reversed),
-        Mistake("pairwise_accuracy counts the right pairs instead of giving their share: divide "
-                "by the number of pairs (or take .float().mean()).",
-                _accuracy_count),
-        Mistake("pairwise_accuracy gives a tie half a point: count only strict wins, as the kit "
-                "and TRL's RewardTrainer do, so that a tie counts as not told apart.",
-                _accuracy_half_ties),
+        Mistake("agreement_rate compares a labeler's rankings with themselves, which always "
+                "agree: compare first[n] with second[n], the two labelers' rankings of the same "
+                "completions.",
+                _agreement_with_itself, _agreement_second_with_itself),
+        Mistake("agreement_rate counts the completion sets ranked identically: compare pair by "
+                "pair, since two rankings of 4 that swap one neighbour still agree on 5 of their 6 "
+                "pairs.",
+                _agreement_whole_rankings),
+        Mistake("agreement_rate compares places (the same completion at the same place): compare "
+                "pairs, whether both labelers put i above j, j above i, or tie them.",
+                _agreement_positions),
+        Mistake("agreement_rate ignores the ties: a pair both labelers tied is an agreement, and "
+                "a pair one tied and the other ordered is a disagreement.",
+                _agreement_ignores_ties),
+        Mistake("agreement_rate averages the rate of each completion set: pool the pairs of all "
+                "sets, so that a ranking of 9 (36 pairs) counts more than a ranking of 2 (1 pair).",
+                _agreement_mean_of_sets),
+        Mistake("agreement_rate counts K² pairs per ranking, each completion with itself too: "
+                "use the K·(K-1)/2 pairs i < j.",
+                _agreement_square),
+        Mistake("agreement_rate returns how many pairs agree: divide by the number of pairs to "
+                "get a share between 0 and 1.",
+                _agreement_count),
     ),
 )
 
 
-def check_pairwise_accuracy(fn: Callable[..., torch.Tensor]) -> None:
-    """Check ``fn(chosen_scores, rejected_scores)`` against ``rlhf_kit.reward.pairwise_accuracy``."""
+def check_agreement_rate(fn: Callable[..., float]) -> None:
+    """Check ``fn(first, second)`` against ``rlhf_kit.feedback.agreement``."""
     __tracebackhide__ = True
-    PAIRWISE_ACCURACY.check(fn)
+    AGREEMENT_RATE.check(fn)
 
 
-LESSON_EXERCISES = (BRADLEY_TERRY_LOSS, RANKING_LOSS, PAIRWISE_ACCURACY)
+LESSON_EXERCISES = (RANKING_TO_PAIRS, AGREEMENT_RATE)
 """This lesson's exercises, in the order its notebook asks for them."""

@@ -18,8 +18,8 @@ unit. The rankings are a learner's own work, so this package is mostly about not
 
 Every public name of the three modules is importable from here (``feedback.Ranking``). The ranking
 and comparison widgets that write to the store are in ``rlhf_kit/widgets.py``. Reads: completions
-(from a model, or the templates of ``labeler``). Writes: one SQLite file (``default_store_path()``),
-and JSONL exports. Taught in ``course/03_human_feedback.ipynb``.
+(from a model, or the templates of ``labeler``). Writes: one SQLite file (``default_store_path(lesson)``, one per lesson),
+and JSONL exports. Taught in ``course/04_human_feedback.ipynb``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ ranking twice a no-op, and two notebooks can write to one file at once. ``write_
 rankings atomically; ``read_jsonl`` validates every line, and names the line and the field of any
 damage. The ranking and comparison widgets that write to the store are in ``rlhf_kit/widgets.py``.
 
-Reads and writes: one SQLite file (``default_store_path()``), and JSONL exports.
+Reads and writes: one SQLite file (``default_store_path(lesson)``, one per lesson), and JSONL exports.
 """
 
 from __future__ import annotations
@@ -73,11 +73,16 @@ JSON_COLUMNS = {"completions", "shown_order", "ranking", "ties", "models"}
 STORE_TABLES = {"meta", "rankings", "comparisons", "skips"}
 
 
-def default_store_path() -> Path:
-    """Where the course keeps the learner's rankings: ``<artifacts home>/feedback/rankings.sqlite``."""
+def default_store_path(lesson: int = 4) -> Path:
+    """Where the course keeps what the learner did in a lesson's widget, one file per lesson:
+    ``<artifacts home>/feedback/lesson-<lesson>.sqlite``. Lesson 4's rankings are the default; lesson 2
+    and lesson 7 keep their blind comparisons in their own files, so a lesson's rerun resumes its own work
+    and never mixes in another's."""
     from ..runtime import artifacts_home  # imported here: runtime imports torch, the store does not
 
-    return artifacts_home() / "feedback" / "rankings.sqlite"
+    if not isinstance(lesson, int) or isinstance(lesson, bool) or not 0 <= lesson <= 7:
+        raise ValueError(f"lesson must be a lesson number from 0 to 7, not {lesson!r}.")
+    return artifacts_home() / "feedback" / f"lesson-{lesson}.sqlite"
 
 
 class Progress(NamedTuple):

@@ -41,7 +41,7 @@ def lesson_cells() -> dict[str, str]:
     for tag in ("chat-widget", "comparison-widget"):
         [found[tag]] = [c.source for c in cells if tag in c.metadata.get("tags", [])]
     assert "ChatWidget(" in found["chat-widget"]
-    assert "ComparisonWidget(" in found["comparison-widget"] and "default_store_path()" in found["comparison-widget"]
+    assert "ComparisonWidget(" in found["comparison-widget"] and "default_store_path(7)" in found["comparison-widget"]
     return found
 
 

@@ -1,7 +1,7 @@
 """The ranking widget in a real JupyterLab: clicks reach the store, errors reach the screen.
 
 The notebook opened in headless Chromium runs the lesson's own cells, read from
-``course/03_human_feedback.ipynb``: its set-up cell, then its widget cell (tagged
+``course/04_human_feedback.ipynb``: its set-up cell, then its widget cell (tagged
 ``ranking-widget``), which opens the store in the artifacts folder and shows the widget. The test
 puts that folder in its own directory and, instead of sampling the SFT model, gives the widget
 two prompts of its own. It submits an incomplete ranking (its error must appear in the widget, and
@@ -19,7 +19,7 @@ import pytest
 
 from rlhf_kit.feedback import RankingStore
 
-LESSON = Path(__file__).resolve().parents[2] / "course" / "03_human_feedback.ipynb"
+LESSON = Path(__file__).resolve().parents[2] / "course" / "04_human_feedback.ipynb"
 WIDGET_TAG = "ranking-widget"
 
 ITEMS_CELL = '''\
