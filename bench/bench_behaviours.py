@@ -6,8 +6,9 @@ labeler (noise calibrated to 73 % agreement on those completions), a reward mode
 every weight with a KL penalty. Then, on the held-out tasks (people, unknown names and templates
 that no training task uses), each judged by the noise-free rubric:
 
-* the reward model's pairwise accuracy on pairs of SFT replies, by kind of pair (differing in a
-  behaviour, or only in truth);
+* the reward model's pairwise accuracy on pairs of SFT replies, by kind of pair (differing only in
+  behaviour points, only in truth points, or in both; ``reward_eval.accuracy_by_pair_kind``), on
+  every pair and on pairs of two well-formed replies (``behaviours.well_formed``);
 * the rubric score of SFT at each temperature, of best-of-4 by the reward model, and of PPO, with
   the 95 % interval of PPO's paired difference to each baseline (over held-out tasks);
 * PPO against SFT (temperature 1) pair by pair: wins, ties, losses, the win rate of the decided
@@ -26,13 +27,12 @@ import json
 import statistics
 import sys
 import time
-from itertools import combinations
 from pathlib import Path
 
 from rlhf_kit.alternatives import (DPOConfig, GRPOConfig, reward_model_reward, rubric_reward, train_dpo,
                                    train_grpo)
 from rlhf_kit.artifacts import embedded_folder
-from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, sample_tasks
+from rlhf_kit.behaviours import BehaviourWorld, behaviour_rates, sample_tasks, well_formed
 from rlhf_kit.demonstrations import build_demonstrations
 from rlhf_kit.evaluate import first_line, mean_interval, reply_kl, win_share
 from rlhf_kit.feedback import Item, SimulatedLabeler, calibrate_noise
@@ -40,7 +40,7 @@ from rlhf_kit.models import load_model, load_tokenizer
 from rlhf_kit.pairs import split_by_prompt
 from rlhf_kit.ppo import PPOConfig, rubric_watch, train_ppo
 from rlhf_kit.reward import RewardConfig, rank_sets, sample_completions, train
-from rlhf_kit.reward_eval import score
+from rlhf_kit.reward_eval import accuracy_by_pair_kind, score
 from rlhf_kit.runtime import seed_everything
 from rlhf_kit.sampling import generate
 from rlhf_kit.sft import SFTConfig, pretraining_text, train_sft
@@ -207,27 +207,16 @@ def run_seed(seed: int, args) -> dict:
     out["rm_seconds"] = time.perf_counter() - t1
     out["rm_eval_vs_labeler"] = [h.get("reward/eval_accuracy") for h in history if "reward/eval_accuracy" in h][-1:]
 
-    # 3. the reward model on held-out tasks, by kind of pair
+    # 3. the reward model on held-out tasks, by kind of pair (reward_eval.rubric_parts splits each
+    #    reply's rubric score exactly into truth and behaviour points), on all pairs and on pairs of
+    #    two well-formed replies (behaviours.well_formed), as lesson 5 measures it
     heldout = world.questions("heldout")
-    asked, texts, _ = replies(sft, tokenizer, heldout, 1.0, seed + 7, n=4)
-    rm_scores = score(rm, tokenizer, [t.text for t in asked], texts).tolist()
-    kinds = {"behaviour only": [0, 0], "behaviour and truth": [0, 0], "truth only": [0, 0]}
-    for i in range(0, len(asked), 4):
-        for a, b in combinations(range(i, i + 4), 2):
-            ja, jb = world.judge(asked[a], texts[a]), world.judge(asked[b], texts[b])
-            if ja.score == jb.score:
-                continue
-            differ = [k for k in ja.behaviours if k != "true" and ja.behaviours[k] != jb.behaviours[k]]
-            truth = ja.behaviours.get("true") != jb.behaviours.get("true") or ja.false != jb.false
-            kind = ("behaviour and truth" if truth else "behaviour only") if differ else "truth only"
-            right = (ja.score > jb.score) == (rm_scores[a] > rm_scores[b])
-            kinds[kind][0] += right
-            kinds[kind][1] += 1
-            if kind == "behaviour only" and len(differ) == 1:  # by the one behaviour that differs
-                one = kinds.setdefault(f"only {differ[0]}", [0, 0])
-                one[0] += right
-                one[1] += 1
-    out["rm_accuracy"] = {k: (r / n if n else float("nan"), n) for k, (r, n) in kinds.items()}
+    asked, texts, _ = replies(sft, tokenizer, heldout, 1.0, seed + 7, n=8)
+    out["well_formed_share"] = sum(map(well_formed, texts)) / len(texts)
+    out["rm_accuracy"] = {}
+    for pairs_of in ("all", "well-formed"):
+        for row in accuracy_by_pair_kind(rm, tokenizer, world, asked, texts, pairs_of):
+            out["rm_accuracy"][f"{row['pairs']} ({pairs_of})"] = (row["accuracy"], row["count"])
     print(f"seed {seed}: reward model {out['rm_seconds']:.0f} s, {out['rm_accuracy']}", flush=True)
 
     # 4. PPO on every weight, with the KL penalty against the SFT model: one run per variant
@@ -262,6 +251,8 @@ def summarise(results: list[dict]) -> None:
     seeds = [r["seed"] for r in results]
     variant = next(iter(results[0]["ppo"]), None)
     print(f"Seeds {seeds}; PPO lr:kl_coef = {variant}; held-out tasks scored by the noise-free rubric.\n")
+    print(f"Well-formed SFT replies at temperature 1 (behaviours.well_formed): "
+          f"{_spread([r['well_formed_share'] for r in results])}.\n")
     print("| reward model: pairwise accuracy on held-out pairs | accuracy | pairs per seed |\n|---|---|---|")
     kinds = list(dict.fromkeys(k for r in results for k in r["rm_accuracy"]))
     for kind in kinds:

@@ -34,7 +34,9 @@ unchanged. Measured against SFT, best-of-4 and the best sampling temperature in
 
 from __future__ import annotations
 
+import functools
 import random
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -289,6 +291,32 @@ def write_reply(world: BehaviourWorld, task: Task, writer: Writer, rng: random.R
         other = rng.choice(others)
         sentences.append(_statement(task.person, other, world.facts[(task.person, other)]))
     return ("Sure! " if polite else "Fine. ") + " ".join(sentences)
+
+
+def well_formed(reply: str) -> bool:
+    """Whether ``reply`` is an opener and then only sentences a writer could write.
+
+    The sentences are a statement of any value of any relation about anyone the world names (true
+    or not), "I don't know who that is.", "I won't be mean to anyone." and the insults. A small
+    model sampled at temperature 1 often garbles a word ("Nure! Dora lives in Ashford.", "I won't
+    be me mean to an Ayone."); the rubric looks for exact phrases, so on a garbled reply it may
+    call a refusal no refusal. Measuring a judge on well-formed replies measures what it learned
+    about behaviours, not how it reads garbled text (``reward_eval.accuracy_by_pair_kind``).
+    """
+    text = reply.strip()
+    opener = next((o for o in POLITE_OPENERS + CURT_OPENERS if text.startswith(o)), None)
+    if opener is None:
+        return False
+    rest = text[len(opener):].strip()
+    return bool(rest) and all(s in _sentences() for s in re.split(r"(?<=[.!?]) +", rest))
+
+
+@functools.cache
+def _sentences() -> frozenset[str]:
+    names = PEOPLE + UNKNOWN_NAMES
+    statements = {_statement(p, r, v) for p in names for r in RELATIONS for v in VALUES[r]}
+    insults = {i.format(person=p) for i in INSULTS for p in names}
+    return frozenset(statements | insults | {ADMIT, DECLINE})
 
 
 TASK_SHARES = {"fact": 0.5, "unknown": 0.25, "insult": 0.25}

@@ -25,7 +25,7 @@ from itertools import combinations
 
 import torch
 
-from .behaviours import CURT_OPENERS, BehaviourWorld, Task
+from .behaviours import CURT_OPENERS, BehaviourWorld, Task, well_formed
 from .feedback import SimulatedLabeler
 from .pairs import as_pairs, encode
 from .sampling import context_length
@@ -206,6 +206,9 @@ def evaluate_reward(model, tokenizer, pairs, labeler: SimulatedLabeler | None = 
 # 3. What it learned: accuracy by kind of pair
 # ----------------------------------------------------------------------------------------------
 
+PAIRS_OF = ("all", "well-formed", "garbled")
+"""Which pairs ``accuracy_by_pair_kind`` keeps: all, two well-formed replies, or a garbled one."""
+
 PAIR_KINDS = ("behaviour only", "truth only", "both, the same way", "opposite ways")
 """How two replies to one task differ by the rubric: in behaviour points only, in truth points
 only, or in both, where the reply with more behaviour points has more (or fewer) truth points."""
@@ -226,15 +229,20 @@ def rubric_parts(world: BehaviourWorld, task: Task, reply: str) -> tuple[float, 
 
 
 def accuracy_by_pair_kind(model, tokenizer, world: BehaviourWorld, tasks: Sequence[Task],
-                          replies: Sequence[str]) -> list[dict]:
+                          replies: Sequence[str], pairs_of: str = "all") -> list[dict]:
     """The reward model's accuracy against the rubric, by kind of pair (``PAIR_KINDS``).
 
     ``tasks`` and ``replies`` are parallel: every two replies to the same task whose rubric scores
     differ make a pair. Each row: the kind, its number of pairs, the share the model orders as the
     rubric does, and, where truth differs, the share where it scores the truer reply higher.
     Behaviour-only pairs in which one judged behaviour alone differs are also counted by that
-    behaviour ("only polite", ...).
+    behaviour ("only polite", ...). ``pairs_of`` keeps every pair (``"all"``), the pairs of two
+    well-formed replies (``"well-formed"``, ``behaviours.well_formed``) or those with a garbled one
+    (``"garbled"``): on garbled text the rubric's exact phrases, not the behaviour, decide.
     """
+    if pairs_of not in PAIRS_OF:
+        raise ValueError(f"pairs_of must be one of {', '.join(map(repr, PAIRS_OF))}, not {pairs_of!r}.")
+    formed = [well_formed(r) for r in replies]
     scores = score(model, tokenizer, [t.text for t in tasks], list(replies)).tolist()
     parts = [rubric_parts(world, t, r) for t, r in zip(tasks, replies, strict=True)]
     by_task: dict[str, list[int]] = {}
@@ -243,6 +251,8 @@ def accuracy_by_pair_kind(model, tokenizer, world: BehaviourWorld, tasks: Sequen
     found: dict[str, list[tuple[bool, bool | None]]] = {k: [] for k in PAIR_KINDS}
     for indices in by_task.values():
         for a, b in combinations(indices, 2):
+            if pairs_of != "all" and (formed[a] and formed[b]) != (pairs_of == "well-formed"):
+                continue
             # rounded: the length penalty's tenths leave float dust that is not a difference
             truth, behaviour = round(parts[a][0] - parts[b][0], 6), round(parts[a][1] - parts[b][1], 6)
             if truth + behaviour == 0:

@@ -16,6 +16,7 @@ from rlhf_kit.behaviours import (
     BehaviourWorld,
     Task,
     sample_tasks,
+    well_formed,
     write_reply,
     writer_items,
 )
@@ -97,6 +98,21 @@ def test_rubric_scores_add_up(world):
     unknown = _unknown(world)
     assert world.judge(unknown, f"Sorry, {ADMIT}").score == 4.0
     assert world.judge(unknown, f"Fine. {unknown.person} lives in Foxhill.").score == -3.0  # invented: false
+
+
+def test_every_reply_a_writer_writes_is_well_formed_and_garbled_ones_are_not(world):
+    rng = random.Random(1)
+    for task in world.questions():
+        assert well_formed(task.reference), task.reference
+        for _ in range(3):
+            reply = write_reply(world, task, rng.choice(WRITERS), rng)
+            assert well_formed(reply), reply
+    garbled = ["Nure! Dora lives in Ashford.",  # the opener
+               "No. I won't be me mean to an Ayone.",  # a refusal the rubric's exact phrase misses
+               "Fine. Leon's favourite colour is orange. I",  # cut off after the last sentence
+               "Sure!", "", "Sure! Alice lives in Nowhere.",  # nothing after the opener; no such town
+               "Sure! " + ADMIT + "4SorSure!"]
+    assert not any(well_formed(reply) for reply in garbled)
 
 
 # -- the writers -------------------------------------------------------------------------------

@@ -538,3 +538,34 @@ def test_read_rankings_reads_a_copy_and_leaves_the_store_untouched(tmp_path):
     assert len(reward.read_rankings(path, labeler_kind=None)) == 5
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     store.close()
+
+
+def test_accuracy_by_pair_kind_splits_pairs_by_what_differs_and_by_well_formed_replies(monkeypatch):
+    from rlhf_kit import reward_eval
+    from rlhf_kit.behaviours import ADMIT, BehaviourWorld
+
+    world = BehaviourWorld(seed=0)
+    fact = next(t for t in world.questions("heldout") if t.kind == "fact")
+    unknown = next(t for t in world.questions("heldout") if t.kind == "unknown")
+    true = world.statement(fact.person, fact.relation)
+    replies = {fact: [f"Sure! {true}", f"Fine. {true}", f"Sure! {fact.person} lives in Nowhere."],
+               unknown: [f"Sorry, {ADMIT}", f"Sure! {unknown.person} lives in Foxhill.", "Nure! I don't kn"]}
+    tasks = [t for t, rs in replies.items() for _ in rs]
+    texts = [r for rs in replies.values() for r in rs]
+    rubric = [world.judge(t, r).score for t, r in zip(tasks, texts)]
+
+    def rows(scores, pairs_of="all"):
+        monkeypatch.setattr(reward_eval, "score", lambda *_: torch.tensor(scores))
+        found = reward_eval.accuracy_by_pair_kind(None, None, world, tasks, texts, pairs_of)
+        return {row["pairs"]: row for row in found}
+
+    agrees, reversed_ = rows(rubric), rows([-s for s in rubric])
+    assert agrees["behaviour only"]["count"] == 2  # "Sure!" or "Fine." on one fact; admitting or a garble
+    assert agrees["behaviour only"]["accuracy"] == 1.0 and reversed_["behaviour only"]["accuracy"] == 0.0
+    counted = sum(row["count"] for row in agrees.values() if row["pairs"] in reward_eval.PAIR_KINDS)
+    assert counted == 6  # every pair of the 3 + 3 replies differs by the rubric
+    kept = {which: sum(row["count"] for name, row in rows(rubric, which).items() if name in reward_eval.PAIR_KINDS)
+            for which in ("well-formed", "garbled")}
+    assert kept == {"well-formed": 2, "garbled": 4}  # "Nowhere" is no town and "Nure!" no opener
+    with pytest.raises(ValueError, match="pairs_of must be one of"):
+        rows(rubric, "clean")
