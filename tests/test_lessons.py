@@ -22,7 +22,6 @@ so the entry is then deleted.
 
 from __future__ import annotations
 
-import ast
 import io
 import math
 import re
@@ -78,10 +77,6 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
         'first cell: title, no you_are_here line',
     ('recap', 'solutions/03_demonstrations_sft_solutions'):
         "no '## Recap', no '## Further reading'",
-    ('first cell', 'solutions/04_human_feedback_solutions'):
-        'first cell: title, no you_are_here line',
-    ('recap', 'solutions/04_human_feedback_solutions'):
-        "no '## Recap', no '## Further reading'",
     ('first cell', 'solutions/05_reward_model_solutions'):
         'first cell: title, no you_are_here line',
     ('recap', 'solutions/05_reward_model_solutions'):
@@ -107,7 +102,7 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ('outputs', 'course/03_demonstrations_sft'):
         '1 stored outputs to clean: a progress bar below 100 %',
     ('figures', 'course/04_human_feedback'):
-        '3 unsupported: ome from sampling: a model of 0.9 millio; t on them the same way (about 15 seconds',
+        '2 unsupported: t on them the same way (about 15 seconds; urves stay below 100 % (about 92 %): rep',
     ('outputs', 'course/05_reward_model'):
         '1 stored outputs to clean: a progress bar below 100 %',
     ('figures', 'course/05_reward_model'):
@@ -373,7 +368,8 @@ UNIT = re.compile(r"\s?-?(%|percent\b|(?:" + "|".join(sorted(TIME_UNITS, key=len
                   r"|(?:million|billion|thousand)\b)")
 RANGE_JOIN = re.compile(r"\s*(?:–|-|to|or|and|±)\s*$")
 COUNT = re.compile(r"^\s+(?:out\s+)?of\s+(?:the\s+|its\s+|all\s+|these\s+)?(" + NUMBER + r")(?![\w.]\w|\.\d)")
-READING = re.compile(r"\bread(?:s|ing)?\b", re.I)
+# The learner's own time ("Time: about 20 minutes of reading"): an estimate of the lesson, not a run.
+READING = re.compile(r"\b(?:read(?:s|ing)?|writ(?:e|es|ing)|rank(?:s|ing)?)\b|^\W*Time:", re.I)
 NOT_MEASURED = re.compile(r"^\s?%?\s*(?:confidence|interval|-interval|chance of error)", re.I)
 SCALES = {"million": 1e6, "billion": 1e9, "thousand": 1e3}
 
@@ -406,8 +402,9 @@ def clean_markdown(markdown: str) -> str:
 
 
 def clause(text: str, start: int, end: int) -> str:
-    """The clause around text[start:end]: up to the nearest '.', ';', '!', '?' or blank line either side."""
-    boundary = r"[.;!?](?!\d)|\n\s*\n"
+    """The clause around text[start:end]: up to the nearest '.', ';', '!', '?', blank line, table row or
+    list item either side."""
+    boundary = r"[.;!?](?!\d)|\n\s*\n|\n(?=\s*(?:[|*#-]|\d+\.\s))"
     before = [match.end() for match in re.finditer(boundary, text[:start])]
     after = re.search(boundary, text[end:])
     return text[before[-1] if before else 0:end + after.start() if after else len(text)]
@@ -532,24 +529,16 @@ def supported(figure: Figure, shown: Shown) -> bool:
 
 
 def code_shown(source: str) -> str:
-    """A code cell's source without its comments and assert statements: an assert's bounds and a
-    comment that repeats the prose show no measurement; a setting (``temperature=0.1``) does."""
-    lines = source.splitlines()
-    try:
-        tree = ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in lines))
-    except SyntaxError:
-        return "\n".join(line.split("#", 1)[0] for line in lines)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assert):
-            for number in range(node.lineno - 1, node.end_lineno):
-                lines[number] = ""
+    """A code cell's source without its comments: a comment that repeats the prose shows nothing; a
+    setting (``temperature=0.1``) or an assert's bounds (``assert 0.6 < accuracy < 0.8``) do."""
+    lines = [("" if line.lstrip().startswith(("%", "!")) else line) for line in source.splitlines()]
     try:
         for token in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline):
             if token.type == tokenize.COMMENT:
                 row, column = token.start
                 lines[row - 1] = lines[row - 1][:column]
-    except (tokenize.TokenError, IndentationError):
-        pass
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return "\n".join(line.split("#", 1)[0] for line in lines)
     return "\n".join(lines)
 
 
@@ -611,7 +600,8 @@ def is_supported(markdown: str, *outputs: str) -> list[bool]:
     ("The accuracy ends near 0.68.", [code_shown("assert 0.62 < accuracy < 0.75  # about 0.68\nprint(0.68)")],
      [True]),
     ("The accuracy ends near 0.68.", [code_shown("assert 0.62 < accuracy < 0.75  # about 0.68\nx = 1")], [False]),
-    ("The accuracy ends near 0.68.", [code_shown("assert (0.6 <\n        0.68)\n%time x = '#'")], [False]),
+    ("The accuracy ends near 0.68.", [code_shown("%time x = '# 0.68'\ny = 1  # 0.68")], [False]),
+    ("You should see between 0.6 and 0.8.", [code_shown("assert 0.6 < accuracy < 0.8")], [True, True]),
     ("PPO is polite in about 40 % of its replies.", ["0.36"], [False]),
     ("PPO is polite in about 40 % of its replies.", ["0.39"], [True]),
     ("PPO is polite in 40 % of its replies.", ["0.39"], [False]),
@@ -622,6 +612,8 @@ def is_supported(markdown: str, *outputs: str) -> list[bool]:
     ("Reading takes about 15 minutes; running it about 3 minutes.", ["3.9 min"], [False]),
     ("Time: 20 minutes of reading. The cells run in 1.5 minutes.", ["1.54 min"], [True]),
     ("Time: 20 minutes of reading. The cells run in 1.5 minutes.", ["1.6 min"], [False]),
+    ("| 4 | reading and ranking |\n| 5 | about 1.5 minutes |", ["93 s"], [True]),
+    ("| 4 | reading and ranking |\n| 5 | about 1.5 minutes |", ["99 s"], [False]),
     ("Here ln 2 ≈ 0.693, a coin flip.", ["loss 0.6931"], [True]),
     ("Here ln 2 ≈ 0.693, a coin flip.", ["loss 0.69"], [False]),
     ("The model has 0.9 million weights.", ["1,211,872 parameters"], [False]),
@@ -648,6 +640,8 @@ def test_a_figure_is_supported_by_an_output_rounded_as_the_prose_rounds_it(markd
     "The larger error, (0.2 − 2)² = 3.24, counts; so does 2 × 0.5 = 1.0.",
     "Reading takes about 15 minutes.",
     "Time: about 20 minutes of reading and ranking, on 2 cores.",
+    "Time: about 20 minutes.",
+    "| lesson | time |\n|---|---|\n| 4 | reading, ranking |\n| `05_reward` | not on reading |",
 ])
 def test_what_is_not_a_figure_of_the_notebook(markdown):
     found = figures_of(markdown)
