@@ -354,8 +354,8 @@ HEADING_NUMBER = re.compile(r"^(#+\s*)\d+(?:\.\d+)*\.?", re.M)
 LIST_NUMBER = re.compile(r"^(\s*)\d+[.)]\s", re.M)
 # A figure within this reach of a paper's name (same sentence) is the paper's, not the notebook's.
 PAPERS = re.compile(
-    r"et al\.?|InstructGPT|ChatGPT|GPT-[234]|Ouyang|Stiennon|Christiano|Ziegler|Schulman|Rafailov|Shao|"
-    r"DeepSeek\w*|Sutton|Barto|Bai|Anthropic|OpenAI|Llama\w*|the paper|papers?'s?", re.I)
+    r"\b(?:et al\.?|InstructGPT|ChatGPT|GPT-[234]|Ouyang|Stiennon|Christiano|Ziegler|Schulman|Rafailov|Shao|"
+    r"DeepSeek\w*|Sutton|Barto|Bai|Anthropic|OpenAI|Llama\w*|the paper|papers?)\b", re.I)
 CITATION_REACH = 80
 
 HEDGE = re.compile(r"(?:about|around|roughly|nearly|almost|approximately|some|near|under|over|below|above|"
@@ -630,6 +630,7 @@ def test_a_figure_is_supported_by_an_output_rounded_as_the_prose_rounds_it(markd
     "Read [the PPO paper, 2017, v2.5](https://arxiv.org/abs/1707.06347) or <https://x.org/1.5>.",
     "The loss is `lr=0.5` and $\\gamma = 0.99$; in code:\n```\nx = 0.75\n```",
     "InstructGPT's 73 % is its labelers' agreement.",
+    "The DPO paper reports 0.61 on its summaries.",
     "Labelers agreed on about 73 % of pairs (Ouyang et al., 2022).",
     "Ouyang et al. (2022) report that labelers agreed on 72.6 % of pairs.",
     "In 2022 it had 175 billion weights, GPT-3.5 after it.",
@@ -654,6 +655,7 @@ def test_what_is_not_a_figure_of_the_notebook(markdown):
 def test_a_figure_near_a_paper_in_another_sentence_is_still_checked():
     markdown = "InstructGPT ranked replies. Here the reward model agrees with the labeler on 0.68 of pairs."
     assert figures_of(markdown) == [("number", 0.68)]
+    assert figures_of("The bait scores 0.68 (Baird's rubric).") == [("number", 0.68)]
 
 
 def test_unsupported_figures_names_the_cell_and_the_figure():
