@@ -5,7 +5,9 @@ with the ranking, so position bias can be studied later). The learner clicks the
 from best to worst; each gets a numbered badge. "= tie" joins the next click to the previous one
 as equally good; Undo and Reset take clicks back; Skip moves on without ranking. Submit validates
 the ranking and stores it durably *before* the next prompt appears, so a crash, a rerun of the
-cell or a second notebook on the same store resumes where the learner left off.
+cell or a second notebook on the same store resumes where the learner left off (and says how many
+are done). Given a simulated labeler (``fill_in``), a "Done" button lets it rank only the prompts the
+learner skipped or left (``fill_in_the_rest``).
 
 ``ComparisonWidget`` shows two completions of one prompt as A and B, without saying which model
 wrote which, and records which is better, or a tie (lesson 7 compares models with it).
@@ -139,11 +141,20 @@ class RankingWidget(_LabelingWidget):
 
     ``items`` are ``Item``s or tuples ``(prompt, completions, model)``; they are validated here, so a
     bad item raises in the cell that builds the widget, where the learner sees it.
+
+    ``fill_in`` (a ``feedback.SimulatedLabeler``) adds a "Done" button: when the learner says they are
+    done, it ranks only the prompts they skipped or left, once (``fill_in_the_rest``, which a notebook
+    can also call in the next cell). ``rankings()`` is then one ranking per prompt, the learner's where
+    they ranked it. A widget built on a store that already holds some of the learner's rankings (a
+    rerun of its cell) resumes at the first prompt left, and says how many are done.
     """
 
     def __init__(self, store: RankingStore, items: Iterable, labeler: str = "you",
-                 labeler_kind: str = "person"):
+                 labeler_kind: str = "person", fill_in=None):
         super().__init__(store, [as_item(i) for i in items], labeler, labeler_kind)
+        if fill_in is not None and not callable(getattr(fill_in, "label", None)):
+            raise TypeError(f"fill_in must be a feedback.SimulatedLabeler, not {type(fill_in).__name__}.")
+        self.fill_in = fill_in  # ranks what the learner skipped or left, when they say they are done
         self.current: Item | None = None  # the item on screen; None when all are done
         self.order: tuple[int, ...] = ()  # completion indices, top of the screen first
         self.picks: list[int] = []  # completion indices clicked so far, best first
@@ -155,24 +166,62 @@ class RankingWidget(_LabelingWidget):
         self._reset = widgets.Button(description="Reset", tooltip="Take back every click")
         self._skip = widgets.Button(description="Skip prompt", tooltip="Move on without ranking")
         self._submit = widgets.Button(description="Submit ranking", button_style="primary")
-        for name in ("tie", "undo", "reset", "skip", "submit"):
-            getattr(self, f"_{name}").add_class(f"rlhf-{name}")
+        self._done = widgets.Button(description="Done: fill in the rest", button_style="warning",
+                                    tooltip="The simulated labeler ranks every prompt you skipped or left")
+        for name in ("tie", "undo", "reset", "skip", "submit", "done"):
+            button = getattr(self, f"_{name}")
+            button.add_class(f"rlhf-{name}")
+            button.layout = widgets.Layout(width="auto", min_width="max-content")  # never cut a label
         self._undo.on_click(self._safely(self.undo))
         self._reset.on_click(self._safely(self.reset))
         self._skip.on_click(self._safely(self.skip))
         self._submit.on_click(self._safely(self.submit))
+        self._done.on_click(self._safely(self.fill_in_the_rest))
         self._tie.observe(self._safely(self._check_tie), names="value")
         help_text = ("Click the completions from best to worst. Press '= tie' before a click to "
                      "mark it as good as the previous one, then submit.")
-        self.children = (widgets.HBox([self._bar, self._progress]), self._prompt,
-                         widgets.HTML(_html(help_text, "color: #555")), self._rows,
-                         widgets.HBox([self._tie, self._undo, self._reset, self._skip, self._submit]),
-                         self._message)
+        if fill_in is not None:
+            help_text += (" Rank as many prompts as you like, then press Done: the simulated labeler "
+                          "ranks the ones you skipped or left.")
+        help_line = widgets.HTML(_html(help_text, "color: #555"))
+        help_line.add_class("rlhf-help")
+        buttons = [self._tie, self._undo, self._reset, self._skip, self._submit]
+        buttons += [self._done] if fill_in is not None else []
+        self.children = (widgets.HBox([self._bar, self._progress]), self._prompt, help_line, self._rows,
+                         widgets.HBox(buttons, layout={"flex_flow": "row wrap"}), self._message)
         self.add_class("rlhf-ranking")
-        self._next()
+        done, skipped, total = self.store.progress(self.items, self.labeler)
+        self._next(f"Welcome back: {done} of {total} ranked, {skipped} skipped; carry on where you "
+                   "stopped." if done + skipped and done + skipped < total else "")
 
     def __repr__(self) -> str:  # the text/plain output nbval compares: no ids, no paths
         return f"RankingWidget(prompts={len(self.items)}, labeler={self.labeler!r})"
+
+    # -- when the learner is done ---------------------------------------------------------------
+
+    def fill_in_the_rest(self) -> list[Ranking]:
+        """The learner is done: the simulated labeler ranks every prompt they skipped or left
+        (each once, however often this is called), and this returns ``rankings()``."""
+        if self.fill_in is None:
+            raise ValueError("This widget has no simulated labeler; build it with "
+                             "RankingWidget(..., fill_in=feedback.SimulatedLabeler(world)).")
+        left = self.store.pending(self.items, self.labeler, include_skipped=True)
+        added = self.fill_in.label(self.store, left)
+        self._show_progress()
+        ranked = len(self.items) - len(left)
+        self._say(f"Done: you ranked {ranked} of {len(self.items)} prompts; {self.fill_in.name} ranked "
+                  f"the {len(left)} you left ({added} new). Run the next cell. Rank more here, then run "
+                  "the next cell again: your rankings replace its own." if left else
+                  f"Done: you ranked all {len(self.items)} prompts. Run the next cell.")
+        return self.rankings()
+
+    def rankings(self) -> list[Ranking]:
+        """One stored ranking per prompt, in the widget's order: the learner's where they ranked it,
+        else the simulated labeler's (``fill_in``); a prompt ranked by neither is left out."""
+        names = [self.labeler] + ([self.fill_in.name] if self.fill_in is not None else [])
+        stored = {r.key: r for r in self.store.rankings()}
+        found = [next((stored[i.key(n)] for n in names if i.key(n) in stored), None) for i in self.items]
+        return [r for r in found if r is not None]
 
     # -- what the learner does (each is also a plain method) ------------------------------------
 
@@ -256,7 +305,8 @@ class RankingWidget(_LabelingWidget):
         self.picks, self.ties = [], []
         if self.current is None:
             self.order = ()
-            self._prompt.value = _html(f"All {len(self.items)} prompts are done. Thank you!",
+            self._prompt.value = _html(f"All {len(self.items)} prompts are done. Thank you!"
+                                       + (" Press Done." if self.fill_in is not None else ""),
                                        "font-weight: bold")
             self._rows.children = ()
             for button in (self._tie, self._undo, self._reset, self._skip, self._submit):
@@ -267,6 +317,18 @@ class RankingWidget(_LabelingWidget):
             self._rows.children = [self._row(p, index) for p, index in enumerate(self.order)]
             self._show_badges()
         self._say(message)
+
+    def _show_progress(self) -> int:
+        """The shared progress line, plus how many prompts the simulated labeler filled in."""
+        left = super()._show_progress()
+        if self.fill_in is not None:
+            stored = {r.key for r in self.store.rankings()}
+            filled = sum(i.key(self.fill_in.name) in stored and i.key(self.labeler) not in stored
+                         for i in self.items)
+            if filled:
+                self._progress.value = self._progress.value.replace(
+                    "</div>", html.escape(f" · {filled} filled in by {self.fill_in.name}") + "</div>")
+        return left
 
     def _row(self, position: int, index: int) -> widgets.HBox:
         badge = widgets.Button(description="rank", layout={"width": "64px", "min_width": "64px"},

@@ -546,6 +546,73 @@ def test_rerun_and_second_notebook_resume_without_duplicates(tmp_path, items):
     assert "All 3 prompts are done" in other._prompt.value and other._submit.disabled
 
 
+def test_a_rerun_loses_nothing_and_done_fills_in_only_what_was_left(tmp_path, world):
+    """The lesson's cells run again: rank 2 of 8, rebuild the widget on the same store (a rerun),
+    then say "done" twice."""
+    eight = template_items(world)[:8]
+    path = tmp_path / "lesson-4.sqlite"
+    stand_in = SimulatedLabeler(world)
+    widget = RankingWidget(RankingStore(path), eight, fill_in=stand_in)
+    assert widget.message == "" and "Done" in widget._done.description
+    assert widget.children[-2].children[-1] is widget._done  # the button is shown
+    assert "then press Done" in widget.children[2].value  # the widget says what to do
+    click_all(widget)
+    assert widget.submit()
+    assert widget.submit_ranking(tuple(reversed(range(len(widget.current.completions)))))
+    mine = [r.to_dict() for r in RankingStore(path).rankings("you")]
+    assert len(mine) == 2
+
+    rerun = RankingWidget(RankingStore(path), eight, fill_in=stand_in)  # the cell run again
+    assert rerun.current == eight[2] and rerun.picks == []
+    assert "2 of 8 ranked" in rerun.message and "Ranked 2 of 8 prompts" in rerun._progress.value
+
+    store = RankingStore(path)
+    rankings = rerun.fill_in_the_rest()
+    simulated = store.rankings(stand_in.name)
+    assert len(simulated) == 6 and {r.labeler_kind for r in simulated} == {"simulated"}
+    assert {r.prompt for r in simulated} == {i.prompt for i in eight[2:]}
+    assert [r.to_dict() for r in store.rankings("you")] == mine  # the learner's two, unchanged
+    assert [r.labeler for r in rankings] == ["you"] * 2 + [stand_in.name] * 6
+    assert [r.prompt for r in rankings] == [i.prompt for i in eight]
+    assert "you ranked 2 of 8" in rerun.message and "6 filled in" in rerun._progress.value
+    assert rerun.fill_in_the_rest() == rankings and len(store) == 8  # a second "done" adds nothing
+
+    # Ranking more after "done" replaces the simulated ranking in what the next cell uses.
+    assert rerun.current == eight[2]
+    click_all(rerun)
+    assert rerun.submit()
+    after = rerun.fill_in_the_rest()
+    assert [r.labeler for r in after] == ["you"] * 3 + [stand_in.name] * 5 and len(store) == 9
+
+
+def test_done_fills_in_skipped_prompts_and_needs_a_labeler(tmp_path, world, items):
+    store = RankingStore(tmp_path / "s.sqlite")
+    widget = RankingWidget(store, items, fill_in=SimulatedLabeler(world))
+    assert widget.skip()
+    assert "0 of 3 ranked, 1 skipped" in RankingWidget(store, items).message
+    assert [r.labeler for r in widget.fill_in_the_rest()] == ["simulated-0"] * 3
+    plain = RankingWidget(store, items)
+    assert not any(b is plain._done for b in plain.children[-2].children)  # no fill-in, no button
+    with pytest.raises(ValueError, match="no simulated labeler"):
+        plain.fill_in_the_rest()
+    with pytest.raises(TypeError, match="SimulatedLabeler"):
+        RankingWidget(store, items, fill_in="simulated")
+
+
+def test_a_reused_store_refuses_a_labeler_whose_noise_changed(store, world):
+    items = template_items(world)[:6]
+    assert SimulatedLabeler(world, noise=1.0).label(store, items) == 6
+    changed = SimulatedLabeler(world, noise=3.0)  # same name, "simulated-0", another noise
+    assert len(changed.stale(store, items)) > 0
+    with pytest.raises(InvalidField, match="would not draw now") as raised:
+        changed.label(store, items + template_items(world)[6:8])
+    assert raised.value.field == "labeler" and len(store) == 6  # nothing was stored
+    assert SimulatedLabeler(world, noise=3.0, name="simulated-0b").label(store, items) == 6
+    assert SimulatedLabeler(world, noise=1.0).stale(store, items) == []  # the same noise: its own
+    rubric = SimulatedLabeler(world, noise=0.0, name="rubric")  # ties, stored normalised
+    assert rubric.label(store, items) == 6 and rubric.stale(store, items) == []
+
+
 def test_bad_items_raise_in_the_cell(store):
     with pytest.raises(InvalidCompletions, match="identical"):
         RankingWidget(store, [("Where does Alice live?", ("same", "same"), "sft")])
@@ -563,6 +630,35 @@ def test_comparison_widget_is_blind_and_durable(store, items):
     assert first.winner == shown_as_a and second.winner is None
     assert ComparisonWidget(store, pairs).current.prompt == items[2].prompt  # resumes
     assert isinstance(first, Comparison) and first.shown_order[0] == shown_as_a
+
+
+def test_comparison_widget_counts_pairs_of_one_prompt_and_prompts_of_their_own(store, items):
+    replies = ("Sure! Alice lives in Foxhill.", "Fine. Alice lives in Foxhill.", "Fine. Alice is an idiot.")
+    pairs = [("Where does Alice live?", (replies[i], replies[j]), ("a", "b")) for i, j in ((0, 1), (0, 2), (1, 2))]
+    widget = ComparisonWidget(store, pairs)
+    assert repr(widget) == "ComparisonWidget(pairs=3, labeler='you')"
+    assert "Compared 0 of 3 pairs" in widget._progress.value and widget._skip.description == "Skip pair"
+    own = ComparisonWidget(store, [(i.prompt, i.completions[:2], ("base", "sft")) for i in items])
+    assert "Compared 0 of 3 prompts" in own._progress.value and own._skip.description == "Skip prompt"
+    assert widget.choose("A") and widget.skip() and widget.choose("B")
+    assert "All 3 pairs are done" in widget._prompt.value
+    assert not widget.choose("A") and "Every one of the pairs is done" in widget.message
+
+
+def test_a_new_comparison_widget_on_the_same_store_resumes(tmp_path):
+    path = tmp_path / "lesson-2.sqlite"
+    replies = [f"Sure! Alice lives in {town}." for town in ("Foxhill", "Brookfield", "Ashford", "Dunmore")]
+    pairs = [("Where does Alice live?", (replies[i], replies[j]), ("a", "b"))
+             for i in range(4) for j in range(i + 1, 4)]  # 6 pairs of one prompt
+    with RankingStore(path) as first_store:
+        first = ComparisonWidget(first_store, pairs)
+        assert first.choose("A") and first.choose("tie")
+        stopped_at = first.current
+    with RankingStore(path) as again:  # the notebook rerun: a new store object on the same file
+        rerun = ComparisonWidget(again, pairs)
+        assert rerun.current == stopped_at == rerun.items[2]
+        assert "Compared 2 of 6 pairs" in rerun._progress.value and rerun._bar.value == 2
+        assert len(again.comparisons(labeler="you")) == 2
 
 
 def test_errors_are_ranking_errors():

@@ -20,7 +20,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..world import QUESTIONS, RELATIONS, RUDE_REPLIES, REFUSAL, VALUES, Question, World
-from .records import Comparison, Item, Ranking, _key, shuffled_order, tie_groups
+from .records import Comparison, InvalidField, Item, Ranking, _key, as_item, shuffled_order, tie_groups
 from .store import RankingStore, read_jsonl
 
 # ----------------------------------------------------------------------------------------------
@@ -143,7 +143,14 @@ class SimulatedLabeler:
 
     def label(self, store: RankingStore, items: Iterable) -> int:
         """Rank every pending item into ``store``, through the same path as a person; returns how
-        many were stored."""
+        many were stored. Refuses (``InvalidField``, nothing stored) a store that already holds a
+        ranking of one of ``items`` by this labeler's name that it would not draw now (``stale``)."""
+        items = [as_item(i) for i in items]
+        if stale := self.stale(store, items):
+            raise InvalidField("labeler", f"this store already holds {len(stale)} ranking(s) by "
+                               f"{self.name!r} that it would not draw now (made with another noise "
+                               "or rubric); give the labeler another name (name=...) or use a new "
+                               "store (nothing was stored).", str(store.path))
         added = 0
         for item in store.pending(items, self.name):
             key = item.key(self.name)
@@ -153,6 +160,24 @@ class SimulatedLabeler:
                              model=item.model, labeler=self.name, labeler_kind="simulated")
             added += store.add(record)
         return added
+
+    def stale(self, store: RankingStore, items: Iterable) -> list[Item]:
+        """The ``items`` whose stored ranking by this labeler's name differs from the one it draws now.
+
+        The store's key names the labeler, the model, the prompt and the completions, not the noise:
+        a labeler of the same name at another noise (or with another rubric) would otherwise find
+        its old rankings in a reused store, take them for its own and add nothing.
+        """
+        mine = {r.key: r for r in store.rankings(self.name)}
+        stale = []
+        for item in (as_item(i) for i in items):
+            key = item.key(self.name)
+            if key in mine:
+                ranking, ties = self.rank(item.prompt, item.completions, key)
+                ties = tuple(sorted((min(a, b), max(a, b)) for a, b in ties))  # as a Ranking stores them
+                if (mine[key].ranking, mine[key].ties) != (tuple(ranking), ties):
+                    stale.append(item)
+        return stale
 
     def label_comparisons(self, store: RankingStore, items: Iterable) -> int:
         """Judge every pending blind comparison into ``store``; returns how many were stored."""
