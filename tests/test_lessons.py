@@ -45,14 +45,6 @@ MAX_CORE_CODE_CELLS = 25
 
 # (check, notebook) -> why it fails for now. Strict xfail: delete the entry once the lesson passes.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ('first cell', 'course/01_next_token_prediction'):
-        'first cell: no you_are_here line',
-    ('recap', 'course/01_next_token_prediction'):
-        "no '## Recap', no '## Further reading'",
-    ('first cell', 'course/03_demonstrations_sft'):
-        'first cell: no you_are_here line',
-    ('recap', 'course/03_demonstrations_sft'):
-        "no '## Recap', no '## Further reading'",
     ('first cell', 'course/05_reward_model'):
         'first cell: no you_are_here line',
     ('recap', 'course/05_reward_model'):
@@ -65,17 +57,9 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
         'first cell: no you_are_here line',
     ('recap', 'course/07_lets_chat'):
         "no '## Recap', no '## Further reading'",
-    ('first cell', 'solutions/01_next_token_prediction_solutions'):
-        'first cell: title, no you_are_here line',
-    ('recap', 'solutions/01_next_token_prediction_solutions'):
-        "no '## Recap', no '## Further reading'",
     ('first cell', 'solutions/02_learning_from_rewards_solutions'):
         'first cell: title, no you_are_here line',
     ('recap', 'solutions/02_learning_from_rewards_solutions'):
-        "no '## Recap', no '## Further reading'",
-    ('first cell', 'solutions/03_demonstrations_sft_solutions'):
-        'first cell: title, no you_are_here line',
-    ('recap', 'solutions/03_demonstrations_sft_solutions'):
         "no '## Recap', no '## Further reading'",
     ('first cell', 'solutions/05_reward_model_solutions'):
         'first cell: title, no you_are_here line',
@@ -95,12 +79,8 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
         'core path: 23 code cells, 2756 words',
     ('figures', 'course/00_start_here'):
         '7 unsupported: ring its three faults | about 1 minute |; then policy gradient | about 1 minute | ',
-    ('outputs', 'course/01_next_token_prediction'):
-        '1 stored outputs to clean: a progress bar below 100 %',
     ('figures', 'course/02_learning_from_rewards'):
         '4 unsupported: for a fact nobody asked for (−1.5), and ; e, true reply scores highest (3.5), the ',
-    ('outputs', 'course/03_demonstrations_sft'):
-        '1 stored outputs to clean: a progress bar below 100 %',
     ('figures', 'course/04_human_feedback'):
         '2 unsupported: t on them the same way (about 15 seconds; urves stay below 100 % (about 92 %): rep',
     ('outputs', 'course/05_reward_model'):
@@ -113,8 +93,6 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
         '2 unsupported: st-of-4 is more polite (about 0.65): the; PPO wins about 150 of the 224 pairs an',
     ('figures', 'course/07_lets_chat'):
         '1 unsupported: ervals for the shares, mean ± 1.96 stand',
-    ('figures', 'solutions/01_next_token_prediction_solutions'):
-        '3 unsupported: the running totals are 0.45, 0.70, 0.85,; unning totals are 0.45, 0.70, 0.85, 0.95',
     ('figures', 'solutions/06_ppo_solutions'):
         '1 unsupported: dient) until the ratio passes 1.2, and t',
 }
