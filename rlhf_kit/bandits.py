@@ -1,8 +1,9 @@
 """Learning from rewards: bandits, policy gradient, and a reward learned from comparisons.
 
-Pretraining and SFT learn by imitation: every example shows the right next token. From lesson 6
-on, the model gets something poorer, a single number saying how good its whole reply was. This
-module is reinforcement learning at its smallest, where that idea can be watched in a second.
+Pretraining (lesson 1) and SFT (lesson 3) learn by imitation: every example shows the right next
+token. PPO (lesson 6) gets something poorer, a single number saying how good a whole reply was.
+This module is reinforcement learning at its smallest, where that idea can be watched in a second,
+taught in lesson 2, before the stages that use it.
 
 An *agent* repeatedly picks one of K *actions* (the arms of a slot machine, or K possible
 replies); each pick earns a noisy *reward*; nobody tells it which action was right. This is the

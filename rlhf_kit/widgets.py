@@ -365,6 +365,9 @@ class ComparisonWidget(_LabelingWidget):
     ``items`` are ``ComparisonItem``s or tuples ``(prompt, (completion_0, completion_1),
     (model_0, model_1))``. Which completion is shown as A is shuffled per item and stored, and the
     model names are never shown.
+
+    The widget counts what it shows: "prompts" when every item has a prompt of its own (lesson 7),
+    "pairs" when items share a prompt (lesson 2 shows every pair of six replies to one question).
     """
 
     table = "comparisons"
@@ -372,13 +375,15 @@ class ComparisonWidget(_LabelingWidget):
     def __init__(self, store: RankingStore, items: Iterable, labeler: str = "you",
                  labeler_kind: str = "person"):
         super().__init__(store, [as_comparison_item(i) for i in items], labeler, labeler_kind)
+        prompts = {item.prompt for item in self.items}
+        self.unit = "pairs" if len(prompts) < len(self.items) else "prompts"  # what one item is, to the learner
         self.current = None
         self.order: tuple[int, ...] = ()  # self.order[0] is shown as A, self.order[1] as B
         self._texts = [widgets.HTML(layout={"width": "50%", "margin": "0 6px"}) for _ in range(2)]
         self._buttons = {"A": widgets.Button(description="A is better"),
                          "tie": widgets.Button(description="Tie"),
                          "B": widgets.Button(description="B is better")}
-        self._skip = widgets.Button(description="Skip prompt")
+        self._skip = widgets.Button(description="Skip pair" if self.unit == "pairs" else "Skip prompt")
         for choice, button in self._buttons.items():
             button.add_class(f"rlhf-choose-{choice.lower()}")
             button.on_click(self._safely(lambda choice=choice: self.choose(choice)))
@@ -391,12 +396,20 @@ class ComparisonWidget(_LabelingWidget):
         self._next()
 
     def __repr__(self) -> str:
-        return f"ComparisonWidget(prompts={len(self.items)}, labeler={self.labeler!r})"
+        return f"ComparisonWidget({self.unit}={len(self.items)}, labeler={self.labeler!r})"
+
+    def _show_progress(self) -> int:
+        """Update the progress line, counting pairs or prompts; returns how many are still to do."""
+        done, skipped, total = self.store.progress(self.items, self.labeler, self.table)
+        self._bar.value = done + skipped
+        self._progress.value = _html(f"Compared {done} of {total} {self.unit} · {skipped} skipped",
+                                     "font-weight: bold")
+        return total - done - skipped
 
     def choose(self, choice: str) -> bool:
         """Record "A", "B" or "tie" for the current item; returns True when stored."""
         if self.current is None:
-            self._error("Every prompt is done; there is nothing left to compare.")
+            self._error(f"Every one of the {self.unit} is done; there is nothing left to compare.")
             return False
         if choice not in ("A", "B", "tie"):
             self._error(f"{choice!r} is not a choice; choose 'A', 'B' or 'tie'.")
@@ -414,7 +427,7 @@ class ComparisonWidget(_LabelingWidget):
         self.current = pending[0] if pending else None
         if self.current is None:
             self.order = ()
-            self._prompt.value = _html(f"All {len(self.items)} prompts are done. Thank you!",
+            self._prompt.value = _html(f"All {len(self.items)} {self.unit} are done. Thank you!",
                                        "font-weight: bold")
             for text in self._texts:
                 text.value = ""

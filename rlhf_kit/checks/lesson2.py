@@ -1,6 +1,9 @@
 """Lesson 2 (learning from rewards): the checks of ``sample_average_update``,
 ``log_policy_gradient`` (∇ log π of a softmax policy), ``reinforce_loss`` (with a baseline) and
 ``preference_probability`` (the Bradley–Terry probability), against ``rlhf_kit.bandits``.
+
+The lesson's fourth exercise, a prediction (does a baseline that moves with the rewards change the
+variance of the gradient estimate?), is checked by ``predictions.check_prediction``, not here.
 """
 
 from __future__ import annotations
