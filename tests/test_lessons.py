@@ -77,8 +77,6 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
         'core path: 21 code cells, 2931 words',
     ('size', 'course/06_ppo'):
         'core path: 23 code cells, 2756 words',
-    ('figures', 'course/00_start_here'):
-        '7 unsupported: ring its three faults | about 1 minute |; then policy gradient | about 1 minute | ',
     ('figures', 'course/02_learning_from_rewards'):
         '4 unsupported: for a fact nobody asked for (−1.5), and ; e, true reply scores highest (3.5), the ',
     ('figures', 'course/04_human_feedback'):
