@@ -186,7 +186,8 @@ def test_lesson_1_exercises_are_runnable_stubs():
     solution = nbformat.read(LESSON_1, as_version=4)
     exercises = nbformat.read(LESSON_1_EXERCISES, as_version=4)
     found = find_exercises(solution)
-    assert [e.title for e in found] == ["softmax with temperature", "top-p filtering", "next-token loss"]
+    assert [e.title for e in found] == ["softmax with temperature", "top-p filtering", "next-token loss",
+                                        "predict, then try: false statements at a lower temperature"]
     stubs = {c.id: c.source for c in exercises.cells if c.id in {e.cell_id for e in found}}
     for source in stubs.values():
         ast.parse(source)
@@ -261,7 +262,7 @@ def test_check_passes_a_solved_notebook_from_anywhere(tmp_path, monkeypatch, cap
     assert "✓ Exercise 1 (softmax with temperature) passes." in out
     assert "✓ Exercise 2 (top-p filtering) passes." in out
     assert "✓ Exercise 3 (next-token loss) passes." in out
-    assert "3 of 3 exercises pass, 0 fail, 0 still to do." in out
+    assert "4 of 4 exercises pass, 0 fail, 0 still to do." in out
 
 
 def test_check_reports_a_wrong_answer_and_an_exercise_to_do(tmp_path, capsys):
@@ -275,7 +276,7 @@ def test_check_reports_a_wrong_answer_and_an_exercise_to_do(tmp_path, capsys):
             "the temperature") in out
     assert "✓ Exercise 2 (top-p filtering) passes." in out
     assert "○ Exercise 3 (next-token loss) is still to do. Hint: position t predicts token t+1" in out
-    assert "1 of 3 exercises pass, 1 fails, 1 still to do." in out
+    assert "1 of 4 exercises pass, 1 fails, 2 still to do." in out
 
 
 @pytest.mark.parametrize("args, complaint", [
