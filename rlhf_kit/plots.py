@@ -195,8 +195,12 @@ def ppo_curves(histories: dict[str, Sequence[dict]], panels: Sequence[tuple[str,
     before its first batch)."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[label for _, label in panels],
-                        horizontal_spacing=0.07)
+    # Four panels leave each title about a quarter of the width: long titles are broken onto two
+    # lines and set a little smaller, so that neighbouring titles never run into each other.
+    titles = [_two_lines(label) if len(panels) > 3 else label for _, label in panels]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles,
+                        horizontal_spacing=0.07 if len(panels) <= 3 else 0.06)
+    fig.update_annotations(font_size=13)
     for i, (name, history) in enumerate(histories.items()):
         colour = COLOURS[i % len(COLOURS)]
         for col, (key, _) in enumerate(panels, 1):
@@ -205,9 +209,19 @@ def ppo_curves(histories: dict[str, Sequence[dict]], panels: Sequence[tuple[str,
                             name=name, legendgroup=name, showlegend=col == 1, line={"color": colour},
                             row=1, col=col)
             fig.update_xaxes(title_text=x, row=1, col=col)
-    fig.update_layout(template=TEMPLATE, title=title, height=340,
-                      legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(template=TEMPLATE, title=title, height=360 if len(panels) > 3 else 340,
+                      legend={"orientation": "h", "y": -0.25},
+                      margin={"t": 110} if len(panels) > 3 else None)
     return fig
+
+
+def _two_lines(label: str, width: int = 18) -> str:
+    """A subplot title longer than ``width`` characters, broken at the space nearest its middle."""
+    spaces = [i for i, c in enumerate(label) if c == " "]
+    if len(label) <= width or not spaces:
+        return label
+    cut = min(spaces, key=lambda i: abs(i - len(label) / 2))
+    return f"{label[:cut]}<br>{label[cut + 1:]}"
 
 
 def mimebundle(fig: go.Figure) -> dict:

@@ -6,7 +6,8 @@ Instead of the lesson's seven models the test gives the chat two (the embedded b
 stages), and the comparison two pairs of its own. It sends a message with the Send button and
 one with Enter, reads the bubbles back, sends an empty message (its error must appear, nothing
 added), clears, then judges a pair blind and reads the verdict and the order it was shown in
-back from the SQLite file, from outside the kernel.
+back from the SQLite file, from outside the kernel. It also checks, on a screenshot's page, that no
+label of the chat's controls is cut off.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ def test_chat_and_blind_comparison_in_the_browser(lab):
 
     chat = page.locator(".rlhf-chat")
     expect(chat).to_be_visible()
+    # Every label of the chat (model, temperature, top-p, reply tokens) is shown whole: none is cut
+    # off by the width ipywidgets gives a description. A screenshot is kept to look at.
+    chat.screenshot(path=str(lab.folder / "chat-widget.png"))
+    labels = chat.locator(".widget-label").evaluate_all(
+        "labels => labels.map(l => [l.textContent, l.scrollWidth, l.clientWidth])")
+    shown = [text for text, _, _ in labels]
+    assert {"Model", "Temperature", "Top-p", "Reply tokens"} <= set(shown), shown
+    cut = [(text, scroll, client) for text, scroll, client in labels if text and scroll > client]
+    assert not cut, f"labels cut off (text, full width, shown width): {cut}"
     expect(chat.locator(".rlhf-chat-history")).to_contain_text("No messages yet.")
     text_box = chat.locator(".rlhf-chat-input input")
     text_box.fill("Where does Pavel live?")
@@ -87,7 +97,7 @@ def test_chat_and_blind_comparison_in_the_browser(lab):
     expect(comparison.locator(".rlhf-message")).to_have_text("Saved.")
     expect(comparison.locator(".rlhf-progress")).to_contain_text("Compared 1 of 2 prompts")
 
-    with RankingStore(home / "feedback" / "rankings.sqlite") as store:  # from outside the kernel
+    with RankingStore(home / "feedback" / "lesson-7.sqlite") as store:  # from outside the kernel
         [record] = store.comparisons("you")
     assert record.prompt == "Where does Alice live?" and record.models == ("sft", "ppo")
     assert record.winner == record.shown_order[0]  # "A" is the completion shown first
