@@ -49,7 +49,6 @@ import datasets
 import torch
 import torch.nn.functional as F
 import trl
-from tqdm.auto import tqdm
 
 from . import trainers
 from .artifacts import read_metadata
@@ -61,7 +60,7 @@ from .pretrain import learning_rate as cosine_schedule, make_optimizer
 from .reward_eval import evaluate_reward, pairwise_accuracy, score_ids
 from .reward_eval import (  # noqa: F401 (the lesson's scores and evaluation, written in reward_eval.py)
     RewardReport, calibration_bins, noise_ceiling, score)
-from .runtime import NonFiniteLoss, seed_everything
+from .runtime import NonFiniteLoss, progress_bar, seed_everything
 from .sampling import context_length, generate
 from .tokenizer import chat_prompt
 from .behaviours import BehaviourWorld, sample_tasks
@@ -246,7 +245,7 @@ def train_reward(model, tokenizer, pairs, config: RewardConfig | None = None, ev
     history: list[dict] = []
     window: dict[str, list[float]] = {"loss/train": [], "reward/accuracy": [], "reward/margin": []}
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="training the reward model", disable=not progress)
+    bar = progress_bar(total=total_steps, desc="training the reward model", disable=not progress)
     batches: list[list[int]] = []
     try:
         for step in range(1, total_steps + 1):

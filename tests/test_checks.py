@@ -157,7 +157,8 @@ def test_every_check_the_notebooks_import_exists():
             source = "".join(cell["source"])
             for names in re.findall(r"from rlhf_kit\.checks import (\([^)]*\)|.*)", source):
                 imported |= set(re.findall(r"\w+", names))
-    assert len(imported) == len(EXERCISES) and all(name.startswith("check_") for name in imported)
+    assert "check_prediction" in imported  # the predict-then-try exercises of several lessons
+    assert len(imported - {"check_prediction"}) == len(EXERCISES) and all(n.startswith("check_") for n in imported)
     assert all(callable(getattr(checks, name)) for name in imported)
 
 

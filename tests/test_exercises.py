@@ -412,30 +412,28 @@ def test_lesson_3_check_reports_a_forgotten_tie_and_an_exercise_to_do(tmp_path, 
 # ----------------------------------------------------------------------------------------------
 
 LESSON_2 = ROOT / "solutions" / "02_learning_from_rewards_solutions.ipynb"
-LESSON_5_EXERCISES = ROOT / "exercises" / "02_learning_from_rewards_exercises.ipynb"
+LESSON_2_EXERCISES = ROOT / "exercises" / "02_learning_from_rewards_exercises.ipynb"
 
 
-def test_lesson_5_exercises_are_runnable_stubs_with_their_checks():
+def test_lesson_2_exercises_are_runnable_stubs_with_their_checks():
     solution = nbformat.read(LESSON_2, as_version=4)
-    exercises = nbformat.read(LESSON_5_EXERCISES, as_version=4)
+    exercises = nbformat.read(LESSON_2_EXERCISES, as_version=4)
     found = find_exercises(solution)
     assert [e.title for e in found] == ["the sample-average update", "the gradient of log π",
-                                        "the REINFORCE loss", "the Bradley–Terry probability"]
+                                        "the REINFORCE loss", "predict, then try", "the Bradley–Terry probability"]
     sources = {c.id: c.source for c in exercises.cells}
     for exercise in found:
         ast.parse(sources[exercise.cell_id])
         assert 'raise NotImplementedError("Hint: ' in sources[exercise.cell_id]
         assert "SOLUTION" not in sources[exercise.cell_id]
-    checks = [c.source for c in solution.cells if c.cell_type == "code" and c.source.startswith("check_")]
-    assert checks == ["check_sample_average_update(sample_average_update)",
-                      "check_log_policy_gradient(log_policy_gradient)",
-                      "check_reinforce_loss(reinforce_loss)",
-                      "check_preference_probability(preference_probability)"]
-    assert exercise_path_for(LESSON_2) == LESSON_5_EXERCISES
-    assert LESSON_5_EXERCISES.read_text(encoding="utf-8") == generate(LESSON_2)
+    checks = [c.source.split("(")[0] for c in solution.cells if c.cell_type == "code" and c.source.startswith("check_")]
+    assert checks == ["check_sample_average_update", "check_log_policy_gradient", "check_reinforce_loss",
+                      "check_prediction", "check_preference_probability"]
+    assert exercise_path_for(LESSON_2) == LESSON_2_EXERCISES
+    assert LESSON_2_EXERCISES.read_text(encoding="utf-8") == generate(LESSON_2)
 
 
-def test_check_names_a_forgotten_baseline_in_lesson_5(tmp_path, capsys):
+def test_check_names_a_forgotten_baseline_in_lesson_2(tmp_path, capsys):
     """One kernel: every exercise solved except the REINFORCE loss, which forgets the baseline."""
     solution = nbformat.read(LESSON_2, as_version=4)
     solved = {e.cell_id: next(c.source for c in solution.cells if c.id == e.cell_id)
@@ -443,15 +441,16 @@ def test_check_names_a_forgotten_baseline_in_lesson_5(tmp_path, capsys):
     solved["reinforce-solution"] = solved["reinforce-solution"].split("### BEGIN SOLUTION")[0] + (
         "logprobs = torch.log_softmax(logits, dim=-1)\n"  # the split leaves the indentation
         "    return -(rewards * logprobs.gather(-1, actions[:, None]).squeeze(-1)).mean()\n")
-    learner = nbformat.read(LESSON_5_EXERCISES, as_version=4)
+    learner = nbformat.read(LESSON_2_EXERCISES, as_version=4)
     for cell in learner.cells:
         cell.source = solved.get(cell.id, cell.source)
-    path = tmp_path / LESSON_5_EXERCISES.name
+    path = tmp_path / LESSON_2_EXERCISES.name
     nbformat.write(learner, path)
     assert main(["check", str(path), "--solution", str(LESSON_2)]) == 1
     out = capsys.readouterr().out
     assert "✓ Exercise 1 (the sample-average update) passes." in out
     assert "✓ Exercise 2 (the gradient of log π) passes." in out
     assert "✗ Exercise 3 (the REINFORCE loss) fails: reinforce_loss ignores the baseline" in out
-    assert "✓ Exercise 4 (the Bradley–Terry probability) passes." in out
-    assert "3 of 4 exercises pass, 1 fails, 0 still to do." in out
+    assert "✓ Exercise 4 (predict, then try) passes." in out
+    assert "✓ Exercise 5 (the Bradley–Terry probability) passes." in out
+    assert "4 of 5 exercises pass, 1 fails, 0 still to do." in out
