@@ -45,16 +45,10 @@ MAX_CORE_CODE_CELLS = 25
 
 # (check, notebook) -> why it fails for now. Strict xfail: delete the entry once the lesson passes.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ('size', 'course/02_learning_from_rewards'):
-        'core path: 21 code cells, 2925 words',
-    ('size', 'course/06_ppo'):
-        'core path: 22 code cells, 2560 words',
     ('outputs', 'course/05_reward_model'):
         '1 stored outputs to clean: a progress bar below 100 %',
     ('outputs', 'solutions/05_reward_model_solutions'):
         '1 stored outputs to clean: a progress bar below 100 %',
-    ('figures', 'solutions/06_ppo_solutions'):
-        '1 unsupported: dient) until the ratio passes 1.2, and t',
 }
 
 
