@@ -45,10 +45,6 @@ MAX_CORE_CODE_CELLS = 25
 
 # (check, notebook) -> why it fails for now. Strict xfail: delete the entry once the lesson passes.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ('outputs', 'course/05_reward_model'):
-        '1 stored outputs to clean: a progress bar below 100 %',
-    ('outputs', 'solutions/05_reward_model_solutions'):
-        '1 stored outputs to clean: a progress bar below 100 %',
 }
 
 
@@ -187,6 +183,71 @@ def test_the_core_path_is_short_enough_to_follow(notebook):
     assert markdown_words(core) <= MAX_CORE_WORDS, \
         (f"{notebook.name}: {markdown_words(core)} words of markdown before '## Going further' (at most "
          f"{MAX_CORE_WORDS}, about 15 minutes of reading)")
+
+
+RUN_FIGURES = ("application/vnd.plotly.v1+json", "image/png")
+FINISHED_BAR = re.compile(r"100%\|")
+WHAT_YOU_SHOULD_SEE = "**What you should see:**"
+
+
+def is_run(cell) -> bool:
+    """Whether a code cell's stored outputs show a run: a figure, or a progress bar that finished."""
+    if cell.cell_type != "code":
+        return False
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if any(mime in data for mime in RUN_FIGURES):
+            return True
+        text = output.get("text", "") if output.output_type == "stream" else data.get("text/plain", "")
+        if FINISHED_BAR.search(text if isinstance(text, str) else "".join(text)):
+            return True
+    return False
+
+
+def runs_left_unexplained(cells) -> list[int]:
+    """The run cells after which no "What you should see" comes before the next heading.
+
+    A section may hold several runs and one "What you should see" after the last of them; the text
+    before a heading in the cell that holds it counts (a cell often ends one section and starts the next).
+    """
+    missing = []
+    for index, cell in enumerate(cells):
+        if not is_run(cell):
+            continue
+        for later in cells[index + 1:]:
+            if later.cell_type != "markdown":
+                continue
+            before_heading = re.split(r"^#{1,3} ", later.source, maxsplit=1, flags=re.M)[0]
+            if WHAT_YOU_SHOULD_SEE in before_heading:
+                break
+            if before_heading != later.source:  # a heading, and no word on what the run showed
+                missing.append(index)
+                break
+        else:
+            missing.append(index)
+    return missing
+
+
+def test_runs_left_unexplained_are_found():
+    figure = nbformat.v4.new_code_cell("plot()", outputs=[nbformat.v4.new_output(
+        "display_data", data={"application/vnd.plotly.v1+json": {}, "text/plain": "Figure()"})])
+    bar = nbformat.v4.new_code_cell("train()", outputs=[nbformat.v4.new_output(
+        "stream", text="training: 100%|██████████| 40/40\n")])
+    quiet = nbformat.v4.new_code_cell("x = 1")
+    see = nbformat.v4.new_markdown_cell(f"{WHAT_YOU_SHOULD_SEE} a curve that rises.\n\n## 2. Next")
+    heading = nbformat.v4.new_markdown_cell("## 2. Next")
+    assert runs_left_unexplained([figure, quiet, bar, see]) == []
+    assert runs_left_unexplained([figure, heading, bar, see]) == [0]
+    assert runs_left_unexplained([quiet, bar]) == [1]
+    assert runs_left_unexplained([nbformat.v4.new_markdown_cell("## 2. Next"), quiet]) == []
+
+
+@pytest.mark.parametrize("notebook", cases("what you should see", course_notebooks()[1:]))
+def test_every_run_is_followed_by_what_you_should_see(notebook):
+    cells = core_path(read(notebook.path).cells)
+    missing = runs_left_unexplained(cells)
+    assert not missing, (f"{notebook.name}: no '{WHAT_YOU_SHOULD_SEE}' after the run in cell(s) "
+                         f"{', '.join(map(str, missing))}, before the next heading")
 
 
 # ---------------------------------------------------------------------------------------------
