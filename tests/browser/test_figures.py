@@ -214,7 +214,7 @@ class CourseViewer:
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.page.goto(f"{self.server.url}/lab/tree/course-figures/{notebook}?reset")
-        expect(self.page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(self.cell_ids))
+        expect(self.page.locator(".jp-Notebook .jp-Cell")).to_have_count(len(self.cell_ids), timeout=TIMEOUT_MS)
         self.notebook = notebook
         return self.page
 
