@@ -194,14 +194,9 @@ def is_run(cell) -> bool:
     """Whether a code cell's stored outputs show a run: a figure, or a progress bar that finished."""
     if cell.cell_type != "code":
         return False
-    for output in cell.get("outputs", []):
-        data = output.get("data", {})
-        if any(mime in data for mime in RUN_FIGURES):
-            return True
-        text = output.get("text", "") if output.output_type == "stream" else data.get("text/plain", "")
-        if FINISHED_BAR.search(text if isinstance(text, str) else "".join(text)):
-            return True
-    return False
+    if any(mime in output.get("data", {}) for output in cell.get("outputs", []) for mime in RUN_FIGURES):
+        return True
+    return any(FINISHED_BAR.search(text) for text in cell_output_texts(cell))
 
 
 def runs_left_unexplained(cells) -> list[int]:
@@ -259,20 +254,26 @@ WARNING = re.compile(r"\b(?:User|Future|Deprecation|Runtime|Syntax|Resource|Pend
 STUCK_BAR = re.compile(r"(?<!\d)(?:\d|[1-9]\d)%\|")
 
 
+def cell_output_texts(cell):
+    """Every stored output of one cell that a learner sees as text (tracebacks left out)."""
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            yield output.text
+        elif output.output_type == "error":
+            yield f"{output.ename}: {output.evalue}"
+        else:
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/"):
+                    yield value if isinstance(value, str) else "".join(value)
+                elif mime.endswith("json"):
+                    yield " ".join(json_strings(value))
+
+
 def output_texts(notebook: nbformat.NotebookNode):
     """(cell index, text) of every stored output a learner sees as text (tracebacks left out)."""
     for index, cell in enumerate(notebook.cells):
-        for output in cell.get("outputs", []):
-            if output.output_type == "stream":
-                yield index, output.text
-            elif output.output_type == "error":
-                yield index, f"{output.ename}: {output.evalue}"
-            else:
-                for mime, value in output.get("data", {}).items():
-                    if mime.startswith("text/"):
-                        yield index, value if isinstance(value, str) else "".join(value)
-                    elif mime.endswith("json"):
-                        yield index, " ".join(json_strings(value))
+        for text in cell_output_texts(cell):
+            yield index, text
 
 
 def json_strings(value) -> list[str]:
